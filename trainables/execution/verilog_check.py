@@ -1,0 +1,100 @@
+"""Checking Verilog samples: compile with iverilog, simulate with vvp, both inside the sandbox.
+
+VerilogEval's convention: the testbench prints "Mismatches: N in M samples" when the simulation
+finishes; a sample passes when N is 0. Here that line only counts when it carries a per-sample
+token spliced into the testbench's own format string, so a module that prints a fake report
+cannot pass. Compile errors are `syntax_error`; a simulation that never finishes is a `timeout`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+from trainables.errors import ConfigError
+
+TESTBENCH_TOP = "tb"
+_REPORT_LITERAL = '"Mismatches:'
+_MODULE_START = re.compile(r"^[ \t]*module\s", re.MULTILINE)
+
+
+def tool_paths() -> tuple[str, str]:
+    """(iverilog, vvp) absolute paths; ConfigError naming the Debian package when missing."""
+    iverilog, vvp = shutil.which("iverilog"), shutil.which("vvp")
+    if not iverilog or not vvp:
+        raise ConfigError("Verilog problems need iverilog and vvp on PATH: install the Debian package 'iverilog'")
+    return os.path.realpath(iverilog), os.path.realpath(vvp)
+
+
+def verilog_source(problem: dict, completion: str) -> str:
+    """The sample's design: the completion alone when it declares a module, else the prompt's module header + completion."""
+    if _MODULE_START.search(completion):
+        return completion
+    return module_header(problem["prompt"]) + completion
+
+
+def module_header(prompt: str) -> str:
+    """The prompt from its last `module` declaration on (VerilogEval prompts put prose before it)."""
+    starts = list(_MODULE_START.finditer(prompt))
+    return prompt[starts[-1].start():] if starts else prompt
+
+
+def testbench_with_token(problem: dict, token: str) -> str:
+    """The problem's testbench with `token` spliced into its report format string."""
+    test = problem["test"]
+    if _REPORT_LITERAL not in test:
+        raise ConfigError(
+            f"problem {problem['task_id']}: its testbench never prints \"Mismatches: N in M samples\" "
+            "(VerilogEval's report line), so no sample could pass"
+        )
+    return test.replace(_REPORT_LITERAL, f'"{token} Mismatches:')
+
+
+def build_steps(iverilog: str, vvp: str) -> list[list[str]]:
+    """Compile (VerilogEval's iverilog flags) then simulate non-interactively."""
+    return [
+        [iverilog, "-Wall", "-Winfloop", "-Wno-timescale", "-g2012", "-s", TESTBENCH_TOP, "-o", "sim.vvp", "dut.sv", "tb.sv"],
+        [vvp, "-n", "sim.vvp"],
+    ]
+
+
+def verdict_from_steps(reply: dict, token: str) -> dict:
+    """Result fields (passed, result, outcome) from the compile and simulate steps' outcomes."""
+    if reply.get("server_error"):
+        return _verdict(False, f"failed: {reply['server_error']}", "error")
+    steps = reply.get("steps", [])
+    if not steps:
+        return _verdict(False, "failed: the sandbox ran no step", "error")
+    compile_step = steps[0]
+    if compile_step["timed_out"]:
+        return _verdict(False, "timed out", "timeout")
+    if compile_step["status"] != 0 or len(steps) < 2:
+        return _verdict(False, "failed: compile error: " + _first_error(compile_step["output"]), "syntax_error")
+    sim = steps[1]
+    if sim["timed_out"]:
+        return _verdict(False, "timed out", "timeout")
+    if sim.get("leftover_processes"):
+        return _verdict(False, "failed: the simulation left processes running", "error")
+    report = re.findall(rf"^{re.escape(token)} Mismatches: (\d+) in (\d+) samples\s*$", sim["output"], re.MULTILINE)
+    if sim["status"] != 0:
+        signalled = os.WIFSIGNALED(sim["status"])
+        outcome = "resource_limit" if signalled else "error"
+        return _verdict(False, f"failed: simulation ended with status {sim['status']}", outcome)
+    if not report:
+        return _verdict(False, "failed: the simulation ended without the testbench's report", "error")
+    mismatches, samples = (int(v) for v in report[-1])
+    if re.search(r"^TIMEOUT\s*$", sim["output"], re.MULTILINE):
+        return _verdict(False, "failed: the testbench's own time limit was reached (TIMEOUT)", "timeout")
+    if mismatches == 0 and samples > 0:
+        return _verdict(True, "passed", "passed")
+    return _verdict(False, f"failed: {mismatches} mismatches in {samples} samples", "failed")
+
+
+def _first_error(output: str) -> str:
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["iverilog failed"])[0][:500]
+
+
+def _verdict(passed: bool, result: str, outcome: str) -> dict:
+    return {"passed": passed, "result": result, "outcome": outcome}
