@@ -1,0 +1,213 @@
+"""What IB-FT costs over plain LoRA FT: step-time and peak-memory ratios on a SmolLM2-135M-shaped model.
+
+The model is SmolLM2-135M's architecture with random weights (no download, no 30 s GGUF load):
+30 layers, hidden 576, vocab 49152, tied embeddings, LoRA r=32 on all 7 projections. One training
+step = forward + backward + AdamW step on a batch of 2 x 256 tokens whose first half is prompt
+(label -100), on CPU in fp32.
+
+Timing: paired, interleaved rounds. Each round runs one step of every variant (the order rotates
+from round to round so drift and cache effects do not favour one variant); a variant's ratio in a
+round is its step time over the plain LoRA step of the same round; the reported ratio is the median
+over rounds. Warm-up rounds are run first and discarded.
+
+Memory: each variant runs in a fresh subprocess, and its peak resident set size
+(resource.getrusage(RUSAGE_SELF).ru_maxrss, the kernel's high-water mark of the whole process:
+weights, optimizer state, activations, allocator slack) is compared with plain LoRA's. The growth
+of the peak over the RSS before the first step (the training-step working set) is shown as well.
+
+Usage: python bench/ib_overhead.py [--rounds 10] [--threads 2]
+Always exits 0; prints PASS/MISS per target.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+VARIANTS = {
+    "plain": None,
+    "alpha0": {"alpha": 0.0},
+    "ib_f1.00": {"alpha": 0.1, "beta": 0.01, "tap_layer": 20, "ib_token_fraction": 1.0},
+    "ib_f0.25": {"alpha": 0.1, "beta": 0.01, "tap_layer": 20, "ib_token_fraction": 0.25},
+}
+"""Variant name -> IBConfig fields (None: the peft model on its own, no IBModel wrapper)."""
+
+TARGETS = {
+    "ib_f1.00": ("step ratio <= 1.20", lambda r: r <= 1.20),
+    "ib_f0.25": ("step ratio <= 1.08", lambda r: r <= 1.08),
+    "alpha0": ("step ratio 1.00 +- 0.05", lambda r: abs(r - 1.0) <= 0.05),
+}
+MEMORY_TARGET = ("peak RSS ratio <= 1.10", lambda r: r <= 1.10)
+
+BATCH, SEQ = 2, 256
+
+
+def build_lora_model(seed: int = 0):
+    """SmolLM2-135M-shaped random Llama with the paper's LoRA (r=32, alpha 32, dropout 0.05, 7 projections)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+    )
+    model = LlamaForCausalLM(config)
+    lora = LoraConfig(
+        r=32, lora_alpha=32, lora_dropout=0.05,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
+    return get_peft_model(model, lora).train()
+
+
+def make_batch(seed: int = 0) -> dict:
+    """2 x 256 random tokens; the first half of each row is prompt (label -100)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, 49152, (BATCH, SEQ), generator=g)
+    labels = input_ids.clone()
+    labels[:, : SEQ // 2] = -100
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+
+
+def make_variant(base, name: str):
+    """(model to call, AdamW over its trainable parameters) for one variant, sharing `base`."""
+    import torch
+
+    from trainables.ib import IBConfig, IBModel
+
+    fields = VARIANTS[name]
+    model = base if fields is None else IBModel(base, IBConfig(**fields)).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, torch.optim.AdamW(params, lr=1e-5)
+
+
+def train_step(model, optimizer, batch) -> float:
+    """One forward + backward + optimizer step; returns its wall time in seconds."""
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    model(**batch).loss.backward()
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def time_variants(rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Per-round step-time ratios (variant / plain of the same round) for every non-plain variant."""
+    base = build_lora_model()
+    batch = make_batch()
+    runners = {name: make_variant(base, name) for name in VARIANTS}
+    names = list(VARIANTS)
+    ratios: dict[str, list[float]] = {name: [] for name in names if name != "plain"}
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(warmup + rounds):
+        shift = index % len(names)
+        order = names[shift:] + names[:shift]
+        times = {name: train_step(*runners[name], batch) for name in order}
+        if index < warmup:
+            continue
+        for name in names:
+            seconds[name].append(times[name])
+        for name in ratios:
+            ratios[name].append(times[name] / times["plain"])
+        print(f"round {index - warmup + 1}/{rounds}: "
+              + "  ".join(f"{n} {times[n]:.2f}s" for n in names), file=sys.stderr, flush=True)
+    return {"ratios": ratios, "seconds": seconds}
+
+
+def measure_peak_rss(name: str, steps: int) -> dict[str, float]:
+    """In this (fresh) process: RSS before the first step and peak RSS after `steps` steps, in MiB."""
+    import resource
+
+    model, optimizer = make_variant(build_lora_model(), name)
+    batch = make_batch()
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        rss_before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    for _ in range(steps):
+        train_step(model, optimizer, batch)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"rss_before_mib": rss_before, "peak_mib": peak}
+
+
+def memory_in_subprocesses(threads: int, steps: int) -> dict[str, dict[str, float]]:
+    results = {}
+    for name in VARIANTS:
+        command = [sys.executable, __file__, "--measure-memory", name, "--threads", str(threads),
+                   "--memory-steps", str(steps)]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"memory {name}: {results[name]}", file=sys.stderr, flush=True)
+    return results
+
+
+def report(timing: dict | None, memory: dict | None) -> None:
+    print(f"\nIB-FT overhead, SmolLM2-135M shape, batch {BATCH}x{SEQ}, CPU fp32, AdamW step included")
+    print(f"{'variant':<10} {'median s':>9} {'step ratio':>11} {'peak MiB':>9} {'peak ratio':>11} {'step-set ratio':>15}")
+    lines = []
+    for name in VARIANTS:
+        if timing:
+            seconds = statistics.median(timing["seconds"][name])
+            ratio = 1.0 if name == "plain" else statistics.median(timing["ratios"][name])
+            step = f"{seconds:>9.3f} {ratio:>11.3f}"
+        else:
+            step = f"{'-':>9} {'-':>11}"
+        if memory:
+            peak = memory[name]["peak_mib"]
+            peak_ratio = peak / memory["plain"]["peak_mib"]
+            growth = (peak - memory[name]["rss_before_mib"]) / (memory["plain"]["peak_mib"] - memory["plain"]["rss_before_mib"])
+            mem = f"{peak:>9.0f} {peak_ratio:>11.3f} {growth:>15.3f}"
+        else:
+            mem = f"{'-':>9} {'-':>11} {'-':>15}"
+        print(f"{name:<10} {step} {mem}")
+        if timing and name in TARGETS:
+            label, ok = TARGETS[name]
+            lines.append(f"{'PASS' if ok(ratio) else 'MISS'}  {name}: {label} (measured {ratio:.3f})")
+        if memory and name != "plain":
+            label, ok = MEMORY_TARGET
+            lines.append(f"{'PASS' if ok(peak_ratio) else 'MISS'}  {name}: {label} (measured {peak_ratio:.3f})")
+    if timing:
+        plain_seconds = statistics.median(timing["seconds"]["plain"])
+        print(f"(plain LoRA step: {plain_seconds:.3f} s median; step ratios are medians of per-round ratios)")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds (each runs one step of every variant)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--memory-steps", type=int, default=2, help="steps per memory subprocess")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--no-timing", action="store_true", help="skip the timed rounds (memory only)")
+    parser.add_argument("--measure-memory", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.measure_memory:
+        print(json.dumps(measure_peak_rss(args.measure_memory, args.memory_steps)))
+        return 0
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    timing = None if args.no_timing else time_variants(args.rounds, args.warmup)
+    memory = None if args.no_memory else memory_in_subprocesses(args.threads, args.memory_steps)
+    report(timing, memory)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.exit(main())
