@@ -143,6 +143,20 @@ class DeepSpeedSettings:
 
 
 @dataclass
+class DebugSettings:
+    """Fault injection for testing how failures are handled; leave unset in real runs."""
+
+    fault_nan_at_step: Optional[int] = None
+    """For tests only: make the loss non-finite at this optimizer step (1-based), so the run stops with
+    NonFiniteLossError exactly as a diverging run would (the search tests use it to force a failed trial)."""
+
+    def __post_init__(self) -> None:
+        v = self.fault_nan_at_step
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ConfigError(f"debug.fault_nan_at_step must be a positive int or null, got {v!r}")
+
+
+@dataclass
 class TrainConfig:
     """One IB-FT training run."""
 
@@ -170,6 +184,8 @@ class TrainConfig:
     """How many step checkpoints to keep on disk."""
     resume: bool = True
     """Continue from the newest checkpoint in output_dir when there is one."""
+    debug: DebugSettings = field(default_factory=DebugSettings)
+    """Fault injection for tests."""
 
     def __post_init__(self) -> None:
         if self.log_every < 1:
