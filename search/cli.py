@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ibft", description="Distributed hyperparameter search for IB-FT of code LLMs.")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
     for verb, (module_name, help_text) in VERBS.items():
-        p = sub.add_parser(verb, help=help_text, description=help_text)
+        p = sub.add_parser(verb, help=help_text, description=help_text.replace("%%", "%"))
         module = _verb_module(module_name)
         if module is not None:
             module.add_arguments(p)

@@ -1,0 +1,103 @@
+"""ASHA on the validation proxy, printing one line per decision and breaking ties by training loss.
+
+With a few validation tasks and samples many trials tie on pass@10(10) (all 0 early on), and Ray's ASHA
+stops a trial only when it is strictly below the rung's cutoff, so ties would never be pruned. With
+tie_break "train_loss" the ranking value is metric + 1e-6 / (1 + mean CE_ft over the rung): a lower loss
+wins a tie and no real difference in pass rate (>= 1/(tasks * n) apart) can be overturned.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any, Callable, Optional
+
+from ray.tune.schedulers import AsyncHyperBandScheduler
+from ray.tune.schedulers.trial_scheduler import TrialScheduler
+
+from search.optuna_bridge import RUNG_KEY
+
+TIE_BREAK_KEY = "train/ce_loss_rung"
+"""Mean fine-tuning cross-entropy over the rung's optimizer steps, reported with every rung."""
+TIE_BREAK_SCALE = 1e-6
+
+
+def ranking_value(result: dict, metric: str, mode: str, tie_break: str) -> Optional[float]:
+    """The value ASHA compares (higher is better), or None when the result has no usable metric."""
+    value = result.get(metric)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    score = float(value) if mode == "max" else -float(value)
+    loss = result.get(TIE_BREAK_KEY)
+    if tie_break == "train_loss" and isinstance(loss, (int, float)) and math.isfinite(loss) and loss >= 0:
+        score += TIE_BREAK_SCALE / (1.0 + loss)
+    return score
+
+
+class LoggedASHA(AsyncHyperBandScheduler):
+    """ASHA over rungs (time_attr = "rung") that prints every decision it takes at a rung."""
+
+    def __init__(
+        self,
+        *,
+        metric: str,
+        mode: str,
+        num_rungs: int,
+        grace_period: int,
+        reduction_factor: float,
+        tie_break: str,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(
+            time_attr=RUNG_KEY,
+            metric=metric,
+            mode=mode,
+            max_t=num_rungs,
+            grace_period=grace_period,
+            reduction_factor=reduction_factor,
+            stop_last_trials=True,
+        )
+        self._tie_break = tie_break
+        self._echo = echo
+
+    def _print(self, line: str) -> None:
+        (self._echo or (lambda s: print(s, file=sys.stderr, flush=True)))(line)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        rung = result.get(RUNG_KEY)
+        score = ranking_value(result, self._metric, self._mode, self._tie_break)
+        if rung is None or score is None:
+            return TrialScheduler.CONTINUE
+        if rung >= self._max_t:
+            self._print(
+                f"ASHA {trial.trial_id} rung {rung}/{self._max_t}: {self._metric}={result[self._metric]:.4f} -> FINISHED"
+            )
+            # CONTINUE: the trainable returns by itself after its last rung, with its test scores and final
+            # checkpoint written; stopping it here could kill it while it finishes that.
+            return TrialScheduler.CONTINUE
+        # A trial restored after the driver was killed may predate the scheduler's last saved state.
+        bracket = self._trial_info.setdefault(trial.trial_id, self._brackets[0])
+        cutoff = _cutoff_at(bracket, rung, trial.trial_id)
+        action = bracket.on_result(trial, rung, score)
+        if action == TrialScheduler.STOP:
+            self._num_stopped += 1
+        cut = "none yet" if cutoff is None else f"{cutoff:.6g}"
+        self._print(
+            f"ASHA {trial.trial_id} rung {rung}/{self._max_t}: {self._metric}={result[self._metric]:.4f} "
+            f"(rank value {score:.6g}, cutoff {cut}) -> {'STOP' if action == TrialScheduler.STOP else 'CONTINUE'}"
+        )
+        return action
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self._trial_info.pop(trial.trial_id, None)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        self._trial_info.pop(trial.trial_id, None)
+
+
+def _cutoff_at(bracket: Any, rung: int, trial_id: str) -> Optional[float]:
+    """The cutoff the bracket will apply to this trial at this rung (None: nothing recorded, or no decision)."""
+    for milestone, recorded in bracket._rungs:
+        if rung < milestone or trial_id in recorded:
+            continue
+        return bracket.cutoff(recorded)
+    return None

@@ -1,0 +1,95 @@
+"""`ibft tune SPACE.yaml`: run a hyperparameter search (Ray Tune + Optuna + ASHA), or resume one.
+
+The space file is validated before Ray starts (a bad file costs no cluster time). Ray's trial table and one
+line per ASHA decision go to stderr; at the end the Pareto front is printed as a table on stderr and the
+run's JSON summary on stdout. Ctrl-C stops cleanly: the run can be continued with --resume RUN_DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from trainables.errors import ConfigError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("space", nargs="?", help="search-space YAML file (see spaces/); not needed with --resume")
+    parser.add_argument("--name", help="search name (default: the space's name, else its file name)")
+    parser.add_argument("--storage-path", default="runs", help="parent of RUN_DIR = STORAGE_PATH/NAME (default: runs)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the search in RUN_DIR after a kill or Ctrl-C")
+    parser.add_argument(
+        "--address", help="Ray cluster to join: 'auto' or HOST:PORT (default: start a local Ray cluster)"
+    )
+    parser.add_argument("--num-samples", type=int, help="override the space's num_samples (trials in the search)")
+
+
+def resolve_run(args: argparse.Namespace):
+    """(space, run_dir, resume) from the arguments, with every user error as a ConfigError."""
+    from search.space import load_space
+    from search.tuner import load_run_space, prepare_run_dir
+
+    if args.resume:
+        if args.space or args.name or args.num_samples is not None:
+            raise ConfigError("--resume RUN_DIR takes no SPACE, --name or --num-samples (the run keeps its own)")
+        run_dir = Path(args.resume)
+        return load_run_space(run_dir), run_dir, True
+    if not args.space:
+        raise ConfigError("give a SPACE.yaml to start a search, or --resume RUN_DIR to continue one")
+    space = load_space(args.space)
+    if args.name is not None:
+        space.name = args.name
+    if not NAME_PATTERN.match(space.name or ""):
+        raise ConfigError(f"--name {space.name!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
+    if args.num_samples is not None:
+        if args.num_samples < 1:
+            raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
+        space.num_samples = args.num_samples
+    run_dir = Path(args.storage_path) / space.name
+    prepare_run_dir(Path(args.space), run_dir)
+    if args.num_samples is not None:
+        _record_num_samples(run_dir, args.num_samples)
+    return space, run_dir, False
+
+
+def _record_num_samples(run_dir: Path, num_samples: int) -> None:
+    """Keep the run's copy of the space in step with --num-samples, so a resume sees the same budget."""
+    import yaml
+
+    from search.space import SpaceYamlLoader
+    from search.tuner import SPACE_FILE
+
+    path = run_dir / SPACE_FILE
+    data = yaml.load(path.read_text(), Loader=SpaceYamlLoader)
+    data["num_samples"] = num_samples
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def print_front(front: list[dict], objectives: list[str]) -> None:
+    """The Pareto front as a small table on stderr."""
+    print(f"\nPareto front ({len(front)} trial(s)) on {', '.join(objectives)}:", file=sys.stderr)
+    header = ["trial", "role", "alpha", "beta", "tap", "prior"] + objectives
+    print("  " + " | ".join(header), file=sys.stderr)
+    for entry in front:
+        p, m = entry["params"], entry["metrics"]
+        cells = [str(entry["optuna_trial"]), str(entry["role"]), f"{p['alpha']:.4g}", f"{p['beta']:.4g}"]
+        cells += [str(p["tap_layer"]), str(p["prior"])] + [f"{m.get(o, float('nan')):.4f}" for o in objectives]
+        print("  " + " | ".join(cells), file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    space, run_dir, resume = resolve_run(args)
+    from search.tuner import run_search
+
+    outcome = run_search(space, run_dir, resume=resume, address=args.address)
+    objectives = [o.metric for o in space.objectives]
+    print_front(outcome["pareto"], objectives)
+    print(json.dumps(outcome, default=str))
+    if outcome["interrupted"]:
+        print(f"ibft tune: interrupted; continue with: ibft tune --resume {run_dir}", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,212 @@
+"""Ray Tune's OptunaSearch, corrected for a multi-fidelity search that must survive its driver being killed.
+
+What Ray's OptunaSearch gets wrong for us, and what this subclass does instead:
+- A trial ASHA stopped at a low rung is told to Optuna as COMPLETE with its low-fidelity values, so the
+  sampler believes a half-trained model is a finished one. Here it is told PRUNED (no values); a trial is
+  COMPLETE only when it reported its final rung, and errored trials are FAIL.
+- The search space is our space file's: conditional prior options, and the baseline (alpha = 0, outside any
+  log-uniform alpha range) and the paper's setting enqueued as the first two trials with a `role`.
+- Resume: Tune checkpoints the searcher every few seconds, but Optuna's SQLite study is written at once. A
+  trial asked for after the last checkpoint exists in the study but not in Tune; on restore it is claimed by
+  the next suggestion instead of a new one being asked, so the study never holds a trial twice. A trial
+  already told before a kill is not told again.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Optional
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from search.space import Domain, SearchSpace
+
+logger = logging.getLogger(__name__)
+
+RUNG_KEY = "rung"
+"""Result key counting evaluations of a trial (1-based); a trial that reached num_rungs finished."""
+OPTUNA_NUMBER_KEY = "optuna_trial"
+"""Trial config key holding the Optuna trial number, joining Tune trials to the study."""
+ROLE_KEY = "role"
+"""Trial config key and Optuna user attribute: "baseline", "paper" or "search"."""
+RAY_TRIAL_ID_ATTR = "ray_trial_id"
+"""Optuna user attribute holding the Tune trial id that ran the Optuna trial."""
+
+COMPLETE, PRUNED, FAIL = "COMPLETE", "PRUNED", "FAIL"
+
+
+def trial_outcome(result: Optional[dict], error: bool, num_rungs: int, objectives: list[str]) -> str:
+    """How a finished Tune trial is told to Optuna: FAIL (errored, or final values not finite), PRUNED
+    (stopped before its last rung) or COMPLETE (reported its last rung)."""
+    if error:
+        return FAIL
+    rung = (result or {}).get(RUNG_KEY)
+    if not isinstance(rung, (int, float)) or rung < num_rungs:
+        return PRUNED
+    values = [(result or {}).get(m) for m in objectives]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        return FAIL
+    return COMPLETE
+
+
+def in_domain(domain: Domain, value: Any) -> bool:
+    """Whether `value` is one the domain can produce (so Optuna may record it as that parameter)."""
+    if domain.choices is not None:
+        return any(type(c) is type(value) and c == value for c in domain.choices)
+    if domain.int_range is not None:
+        return isinstance(value, int) and domain.int_range[0] <= value <= domain.int_range[1]
+    low, high = domain.log_uniform or domain.uniform  # type: ignore[misc]
+    return isinstance(value, (int, float)) and low <= value <= high
+
+
+def _suggest(trial: optuna.Trial, name: str, domain: Domain) -> Any:
+    if domain.log_uniform is not None:
+        return trial.suggest_float(name, *domain.log_uniform, log=True)
+    if domain.uniform is not None:
+        return trial.suggest_float(name, *domain.uniform)
+    if domain.int_range is not None:
+        return trial.suggest_int(name, *domain.int_range)
+    return trial.suggest_categorical(name, domain.choices)
+
+
+def define_params(space: SearchSpace, trial: optuna.Trial) -> dict[str, Any]:
+    """Draw one trial's IB parameters (define-by-run, so prior options exist only for the prior drawn).
+
+    The baseline and paper trials carry their values as user attributes: the parts inside the searched
+    domains were enqueued as fixed parameters (the sampler learns from them), the rest are constants.
+    """
+    role = trial.user_attrs.get(ROLE_KEY, "search")
+    preset: dict[str, Any] = trial.user_attrs.get("preset", {})
+    p = space.params
+    out: dict[str, Any] = {}
+    for name in ("alpha", "beta", "tap_layer", "prior"):
+        spec = getattr(p, name)
+        if name in preset and name not in trial.user_attrs.get("preset_enqueued", []):
+            out[name] = preset[name]
+        elif isinstance(spec, Domain):
+            out[name] = _suggest(trial, name, spec)
+        else:
+            out[name] = spec
+    options: dict[str, Any] = {}
+    if role != "baseline":  # alpha = 0 trains no IB head, so its options would be noise in the study
+        for option, spec in p.prior_options.get(out["prior"], {}).items():
+            options[option] = _suggest(trial, f"{out['prior']}.{option}", spec) if isinstance(spec, Domain) else spec
+    out["prior_options"] = options
+    return out
+
+
+def preset_trials(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
+    """(role, values) of the trials every search starts with: the plain-LoRA baseline and the paper's setting."""
+    paper = space.paper_params()
+    baseline = {**paper, "alpha": 0.0, "beta": 0.0}
+    return [("baseline", baseline), ("paper", paper)]
+
+
+class PrunedAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch on a space file, with PRUNED/FAIL outcomes, preset trials and duplicate-free resume."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        sampler: optuna.samplers.BaseSampler,
+        storage: optuna.storages.BaseStorage,
+        study_name: str,
+    ) -> None:
+        self._search_space = space
+        self._num_rungs = space.num_rungs
+        self._orphans: list[int] = []
+        metrics = [o.metric for o in space.objectives]
+        modes = [o.mode for o in space.objectives]
+        super().__init__(
+            space=_DefineByRun(space),
+            metric=metrics if len(metrics) > 1 else metrics[0],
+            mode=modes if len(modes) > 1 else modes[0],
+            sampler=sampler,
+            study_name=study_name,
+            storage=storage,
+        )
+        self._enqueue_presets()
+
+    @property
+    def study(self) -> optuna.Study:
+        """The Optuna study (in RUN_DIR/optuna.db)."""
+        return self._ot_study
+
+    def _objective_names(self) -> list[str]:
+        return list(self.metric) if isinstance(self.metric, list) else [self.metric]
+
+    def _enqueue_presets(self) -> None:
+        if any(t.user_attrs.get(ROLE_KEY) in ("baseline", "paper") for t in self._ot_study.get_trials(deepcopy=False)):
+            return  # a resumed study: its presets were enqueued when it was created
+        domains = self._search_space.params.domains()
+        for role, values in preset_trials(self._search_space):
+            fixed = {k: v for k, v in values.items() if k in domains and in_domain(domains[k], v) and role != "baseline"}
+            self._ot_study.enqueue_trial(
+                fixed, user_attrs={ROLE_KEY: role, "preset": values, "preset_enqueued": sorted(fixed)}
+            )
+
+    def suggest(self, trial_id: str) -> Optional[dict]:
+        if trial_id not in self._ot_trials:
+            ot_trial = self._claim_orphan() or self._ot_study.ask()
+            ot_trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
+            self._ot_trials[trial_id] = ot_trial
+        ot_trial = self._ot_trials[trial_id]
+        params = define_params(self._search_space, ot_trial)
+        role = ot_trial.user_attrs.get(ROLE_KEY, "search")
+        if ROLE_KEY not in ot_trial.user_attrs:
+            ot_trial.set_user_attr(ROLE_KEY, role)
+        return {**params, OPTUNA_NUMBER_KEY: ot_trial.number, ROLE_KEY: role}
+
+    def _claim_orphan(self) -> Optional[optuna.Trial]:
+        while self._orphans:
+            number = self._orphans.pop(0)
+            frozen = self._ot_study.get_trials(deepcopy=False)[number]
+            if frozen.state == TrialState.RUNNING:
+                logger.info("reusing Optuna trial %d, asked for before the driver stopped", number)
+                return optuna.Trial(self._ot_study, frozen._trial_id)
+        return None
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials:
+            return
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return
+        self._completed_trials.add(trial_id)
+        objectives = self._objective_names()
+        outcome = trial_outcome(result, error, self._num_rungs, objectives)
+        frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        if frozen.state.is_finished():
+            return  # told before the driver was killed and resumed; the first telling stands
+        for key, value in (result or {}).items():
+            if key == RUNG_KEY or key.startswith(("val/", "test/")):
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    ot_trial.set_user_attr(key, value)
+        ot_trial.set_user_attr("outcome", outcome)
+        if outcome == COMPLETE:
+            values = [float(result[m]) for m in objectives]  # type: ignore[index]
+            self._ot_study.tell(ot_trial, values if len(values) > 1 else values[0], state=TrialState.COMPLETE)
+        else:
+            self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED if outcome == PRUNED else TrialState.FAIL)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        known = {t.number for t in self._ot_trials.values()}
+        self._orphans = [
+            t.number
+            for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number not in known
+        ]
+
+
+class _DefineByRun:
+    """Picklable define-by-run callable (Tune pickles the searcher into its experiment state)."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        return define_params(self.space, trial)

@@ -1,0 +1,616 @@
+"""Search-space files (`spaces/*.yaml`): their schema, validation and one-line errors.
+
+Imports neither torch nor ray, so `ibft tune` rejects a bad file on a head node in well under a second.
+Every error is one line naming the file, the field and what is allowed; the CLI turns it into exit code 2.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainables.errors import ConfigError
+
+# The static list of prior names lives next to the IB config; importing it pulls no torch.
+from trainables.ib.prior_names import PRIOR_NAMES
+
+SAMPLERS = ("tpe", "nsga2", "random", "grid")
+WANDB_MODES = ("offline", "online", "disabled")
+PRECISIONS = ("fp32", "bf16")
+
+# Depths of the models the project names, so tap layers can be checked without loading a model.
+KNOWN_MODEL_DEPTHS = {"smollm2-135m-instruct": 30, "deepseek-ai/deepseek-coder-7b-instruct-v1.5": 30}
+
+# The paper's IB setting (arXiv 2510.16022, OriGen), enqueued as the second trial of every search.
+PAPER_ALPHA = 0.1
+PAPER_BETA = 0.02
+PAPER_TAP_LAYER = 20
+# Layer 20 of the paper's 30-layer model, as a fraction for models too shallow to have a layer 20.
+PAPER_TAP_FRACTION = 2 / 3
+PAPER_PRIOR = "standard_normal"
+
+
+class _Strict(BaseModel):
+    """Base of every section: unknown keys are errors that list the allowed ones."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = list(cls.model_fields)
+            unknown = [k for k in data if k not in allowed]
+            if unknown:
+                raise ValueError(f"unknown field {unknown[0]!r}; allowed: {', '.join(allowed)}")
+        return data
+
+
+Scalar = Union[int, float, str, bool]
+
+
+class Domain(_Strict):
+    """How one searched parameter is drawn; exactly one of the four keys is set."""
+
+    log_uniform: Optional[tuple[float, float]] = None
+    """[low, high] with 0 < low < high, drawn uniformly in log space."""
+    uniform: Optional[tuple[float, float]] = None
+    """[low, high] with low < high, drawn uniformly."""
+    int_range: Optional[tuple[int, int]] = None
+    """[low, high] inclusive integers."""
+    choices: Optional[list[Scalar]] = None
+    """A finite list of values (categorical)."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Domain":
+        set_keys = [k for k in ("log_uniform", "uniform", "int_range", "choices") if getattr(self, k) is not None]
+        if len(set_keys) != 1:
+            raise ValueError(
+                f"give exactly one of log_uniform, uniform, int_range, choices (got {', '.join(set_keys) or 'none'})"
+            )
+        if self.log_uniform is not None and not 0 < self.log_uniform[0] < self.log_uniform[1]:
+            raise ValueError(f"log_uniform needs 0 < low < high, got {list(self.log_uniform)}")
+        if self.uniform is not None and not self.uniform[0] < self.uniform[1]:
+            raise ValueError(f"uniform needs low < high, got {list(self.uniform)}")
+        if self.int_range is not None and not self.int_range[0] <= self.int_range[1]:
+            raise ValueError(f"int_range needs low <= high, got {list(self.int_range)}")
+        if self.choices is not None:
+            if not self.choices:
+                raise ValueError("choices must list at least one value")
+            if len(set(map(repr, self.choices))) != len(self.choices):
+                raise ValueError(f"choices must not repeat a value, got {self.choices}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """Which of the four forms this domain uses."""
+        return next(k for k in ("log_uniform", "uniform", "int_range", "choices") if getattr(self, k) is not None)
+
+
+ParamSpec = Union[Domain, Scalar]
+"""A searched parameter is a Domain; a plain value fixes it."""
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_weight(name: str, spec: ParamSpec) -> ParamSpec:
+    """alpha and beta: non-negative numbers; log-uniform, uniform or choices."""
+    if isinstance(spec, Domain):
+        if spec.int_range is not None:
+            raise ValueError(f"{name} is a real number: use log_uniform, uniform or choices, not int_range")
+        if spec.uniform is not None and spec.uniform[0] < 0:
+            raise ValueError(f"{name} must be >= 0, got uniform {list(spec.uniform)}")
+        if spec.choices is not None and not all(_is_number(c) and c >= 0 for c in spec.choices):
+            raise ValueError(f"{name} choices must be numbers >= 0, got {spec.choices}")
+        return spec
+    if not _is_number(spec) or spec < 0:
+        raise ValueError(f"{name} must be a number >= 0 or a domain, got {spec!r}")
+    return spec
+
+
+def _is_tap_value(x: Any) -> bool:
+    """An int (negative counts from the top) or a fraction of depth in (0, 1)."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, int):
+        return True
+    return isinstance(x, float) and (0.0 < x < 1.0 or (x.is_integer() and abs(x) >= 1))
+
+
+class SearchedParams(_Strict):
+    """The IB hyper-parameters a search explores; a plain value instead of a domain fixes that parameter."""
+
+    alpha: ParamSpec = Field(default_factory=lambda: Domain(log_uniform=(0.01, 1.0)))
+    """Weight of the IB term (log_uniform or choices; 0 is the baseline, which every search runs anyway)."""
+    beta: ParamSpec = Field(default_factory=lambda: Domain(log_uniform=(0.001, 0.1)))
+    """Weight of CE_ib inside the IB term."""
+    tap_layer: ParamSpec = Field(default_factory=lambda: Domain(choices=[0.5]))
+    """Tap layer: choices of ints, negative ints or fractions in (0, 1), an int_range, or a uniform fraction range."""
+    prior: Union[Domain, str] = "standard_normal"
+    """Prior p(z): a name, or choices of names."""
+    prior_options: dict[str, dict[str, ParamSpec]] = Field(default_factory=dict)
+    """Options per prior name, searched or fixed, used only in trials that pick that prior
+    (e.g. {mog: {components: {choices: [2, 4, 8]}}})."""
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: ParamSpec) -> ParamSpec:
+        return _check_weight("alpha", v)
+
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, v: ParamSpec) -> ParamSpec:
+        return _check_weight("beta", v)
+
+    @field_validator("tap_layer")
+    @classmethod
+    def _tap_layer(cls, v: ParamSpec) -> ParamSpec:
+        allowed = "ints, negative ints or fractions in (0, 1)"
+        if isinstance(v, Domain):
+            if v.log_uniform is not None:
+                raise ValueError("tap_layer cannot be log_uniform; use choices, int_range or a uniform fraction range")
+            if v.choices is not None and not all(_is_tap_value(c) for c in v.choices):
+                raise ValueError(f"tap_layer choices must be {allowed}, got {v.choices}")
+            if v.uniform is not None and not 0.0 < v.uniform[0] < v.uniform[1] < 1.0:
+                raise ValueError(f"tap_layer uniform is a fraction range inside (0, 1), got {list(v.uniform)}")
+            if v.int_range is not None and v.int_range[0] < 0 < v.int_range[1]:
+                raise ValueError(f"tap_layer int_range must not mix negative and positive ints, got {list(v.int_range)}")
+            return v
+        if not _is_tap_value(v):
+            raise ValueError(f"tap_layer must be one of {allowed}, got {v!r}")
+        return v
+
+    @field_validator("prior")
+    @classmethod
+    def _prior(cls, v: Union[Domain, str]) -> Union[Domain, str]:
+        names = v.choices if isinstance(v, Domain) else [v]
+        if isinstance(v, Domain) and v.choices is None:
+            raise ValueError("prior is categorical: give a name or choices of names")
+        bad = [n for n in names if n not in PRIOR_NAMES]
+        if bad:
+            raise ValueError(f"unknown prior {bad[0]!r}; allowed: {', '.join(PRIOR_NAMES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _options_match_priors(self) -> "SearchedParams":
+        for name in self.prior_options:
+            if name not in self.prior_names:
+                raise ValueError(
+                    f"prior_options.{name}: {name!r} is not among the priors searched ({', '.join(self.prior_names)})"
+                )
+        return self
+
+    @property
+    def prior_names(self) -> list[str]:
+        """The priors a trial may use."""
+        return list(self.prior.choices) if isinstance(self.prior, Domain) else [self.prior]
+
+    def domains(self) -> dict[str, Domain]:
+        """Every searched (not fixed) parameter by its Optuna name; prior options are named `<prior>.<option>`."""
+        out = {name: getattr(self, name) for name in ("alpha", "beta", "tap_layer", "prior")}
+        for prior, options in self.prior_options.items():
+            for option, spec in options.items():
+                out[f"{prior}.{option}"] = spec
+        return {k: v for k, v in out.items() if isinstance(v, Domain)}
+
+
+class ModelSection(_Strict):
+    """Base model of every trial."""
+
+    name_or_path: str
+    """Hub id, local directory, .gguf file, "smollm2-135m-instruct" (offline GGUF) or "tiny-random-llama"."""
+    gguf_file: Optional[str] = None
+    """GGUF file inside name_or_path when that is a directory or hub repo."""
+    tokenizer: Optional[str] = None
+    """Tokenizer source when it differs from the model's."""
+    tiny_overrides: dict[str, Any] = Field(default_factory=dict)
+    """LlamaConfig overrides of the tiny random model (tests)."""
+    num_layers: Optional[int] = Field(default=None, ge=1)
+    """Depth of the model, to check tap layers before any trial starts; known for the project's named models."""
+
+    def depth(self) -> Optional[int]:
+        """Number of decoder blocks when known without loading the model."""
+        if self.num_layers is not None:
+            return self.num_layers
+        if self.name_or_path == "tiny-random-llama" and "num_hidden_layers" in self.tiny_overrides:
+            return int(self.tiny_overrides["num_hidden_layers"])
+        return KNOWN_MODEL_DEPTHS.get(self.name_or_path)
+
+
+class DataSection(_Strict):
+    """Training data (mirrors trainables.train.config.DataConfig)."""
+
+    source: str = "builtin:python-functions"
+    """"builtin:python-functions", "origen", "evol-codealpaca", a hub dataset id or a local JSONL path."""
+    split: str = "train"
+    """Split of a hub dataset."""
+    max_examples: Optional[int] = Field(default=None, ge=1)
+    """Use only the first N examples after the seeded shuffle."""
+    max_length: int = Field(default=512, ge=8)
+    """Token limit per example."""
+    drop_overlong: bool = False
+    """Drop rather than truncate examples longer than max_length."""
+    instruction_field: Optional[str] = None
+    """Instruction field name when not a known one."""
+    response_field: Optional[str] = None
+    """Response field name when not a known one."""
+
+
+class LoraSection(_Strict):
+    """LoRA adapter (paper: r=32, alpha=32, dropout 0.05, all attention and MLP projections)."""
+
+    r: int = Field(default=32, ge=1)
+    """Adapter rank."""
+    alpha: int = Field(default=32, ge=1)
+    """lora_alpha scaling numerator."""
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    """Adapter input dropout."""
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+    )
+    """Module names that get an adapter."""
+
+
+class TrainingSection(_Strict):
+    """Optimisation budget of one trial and how often it is evaluated (one rung = rung_steps optimizer steps)."""
+
+    max_steps: int = Field(ge=1)
+    """Optimizer steps of a trial that is never stopped."""
+    rung_steps: int = Field(ge=1)
+    """Optimizer steps between two validation evaluations (ASHA rungs)."""
+    lr: float = Field(default=2e-4, gt=0)
+    """Peak learning rate."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW weight decay."""
+    warmup_steps: int = Field(default=10, ge=0)
+    """Linear warm-up steps."""
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    """Cosine decay floor as a fraction of lr."""
+    batch_size: int = Field(default=4, ge=1)
+    """Examples per micro-batch per worker."""
+    grad_accum: int = Field(default=1, ge=1)
+    """Micro-batches per optimizer step."""
+    max_grad_norm: float = Field(default=1.0, ge=0)
+    """Gradient clipping norm (0 disables)."""
+
+    @model_validator(mode="after")
+    def _rung_fits(self) -> "TrainingSection":
+        if self.max_steps % self.rung_steps:
+            # The last evaluation must be at max_steps: that is where finished trials are scored and compared.
+            raise ValueError(f"max_steps {self.max_steps} must be a multiple of rung_steps {self.rung_steps}")
+        return self
+
+    @property
+    def num_rungs(self) -> int:
+        """Evaluations of a full trial: every rung_steps steps, the last one at max_steps."""
+        return self.max_steps // self.rung_steps
+
+
+class BenchmarkSection(_Strict):
+    """A benchmark split and how its samples are drawn and scored."""
+
+    benchmark: str
+    """"python-functions", "humaneval", "verilog" or a path to a problems JSONL."""
+    tasks: Optional[int] = Field(default=None, ge=1)
+    """Use a seeded subset of this many tasks of the split (all when unset)."""
+    n: int = Field(default=10, ge=1)
+    """Samples generated per task."""
+    k: list[int] = Field(default_factory=lambda: [1, 10], min_length=1)
+    """The k of pass@k reported."""
+    m: list[int] = Field(default_factory=lambda: [10])
+    """The m of pass@k(m) (at least m of k samples pass), reported for the largest k."""
+    temperature: float = Field(default=0.8, ge=0)
+    """Sampling temperature (0: greedy)."""
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    """Nucleus sampling."""
+    max_new_tokens: int = Field(default=256, ge=1)
+    """Generation length limit."""
+    timeout: float = Field(default=10.0, gt=0)
+    """Wall-clock seconds allowed to each sample's tests."""
+
+    @model_validator(mode="after")
+    def _k_m_fit_n(self) -> "BenchmarkSection":
+        if max(self.k) > self.n:
+            raise ValueError(f"k {max(self.k)} exceeds n {self.n} samples per task")
+        for m in self.m:
+            if not 1 <= m <= max(self.k):
+                raise ValueError(f"m {m} must lie in 1..{max(self.k)} (the largest k)")
+        return self
+
+    def metric_names(self, prefix: str) -> list[str]:
+        """The result keys this benchmark reports, e.g. val/pass@1, val/pass@10(10)."""
+        names = [f"{prefix}/pass@{k}" for k in self.k]
+        names += [f"{prefix}/pass@{max(self.k)}({m})" for m in self.m]
+        return names
+
+
+class Objective(_Strict):
+    """One objective of the multi-objective study."""
+
+    metric: str
+    """A reported result key, e.g. "val/pass@1"."""
+    mode: Literal["max", "min"] = "max"
+    """Maximise or minimise."""
+
+
+class AshaSection(_Strict):
+    """Asynchronous successive halving on the validation proxy."""
+
+    metric: str = "val/pass@10(10)"
+    """The reported key ASHA ranks trials by at each rung."""
+    mode: Literal["max", "min"] = "max"
+    """Whether larger metric values are better."""
+    grace_period: int = Field(default=1, ge=1)
+    """Rungs every trial runs before it can be stopped."""
+    reduction_factor: float = Field(default=2.0, gt=1)
+    """Keep roughly 1/reduction_factor of the trials at each rung."""
+    max_rungs: Optional[int] = Field(default=None, ge=1)
+    """Rungs of a full trial; must equal max_steps / rung_steps when given."""
+    tie_break: Literal["train_loss", "none"] = "train_loss"
+    """With few tasks and samples many trials tie on the metric; "train_loss" ranks tied trials by their
+    mean CE_ft over the rung (a perturbation far below one sample's worth of pass rate), "none" keeps ties."""
+
+
+class ResourcesSection(_Strict):
+    """What one trial occupies: a Ray Train worker group."""
+
+    workers: int = Field(default=1, ge=1)
+    """Ray Train workers (data-parallel ranks) per trial."""
+    gpus_per_worker: float = Field(default=0, ge=0)
+    """GPUs per worker (0: CPU training)."""
+    cpus_per_worker: float = Field(default=1, gt=0)
+    """CPUs per worker."""
+
+
+class DeepSpeedSection(_Strict):
+    """DeepSpeed engine of every trial, and the training precision."""
+
+    enabled: bool = True
+    """Train under DeepSpeed (ZeRO); false trains with plain torch DDP."""
+    zero_stage: Literal[2, 3] = 2
+    """ZeRO stage 2 (optimizer + gradients partitioned) or 3 (parameters too)."""
+    offload_optimizer: bool = False
+    """Keep optimizer state in CPU memory."""
+    offload_params: bool = False
+    """Keep parameters in CPU memory (ZeRO-3 only)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """One precision for weights and compute (the paper's code mixed bf16 and fp16 settings)."""
+
+    @model_validator(mode="after")
+    def _offload_needs_zero3(self) -> "DeepSpeedSection":
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage 3")
+        return self
+
+
+class WandbSection(_Strict):
+    """Weights & Biases logging: one run per trial, grouped by search name."""
+
+    project: str = "ibft-search"
+    """W&B project."""
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    """offline writes runs under RUN_DIR/wandb for `wandb sync`; online needs a configured API key."""
+
+
+class FailureSection(_Strict):
+    """What happens when a trial fails."""
+
+    max_failures: int = Field(default=1, ge=0)
+    """Retries of a failed trial, each from its last checkpoint (non-finite losses are never retried)."""
+
+
+class FaultInjection(_Strict):
+    """Testing aid: make chosen trials produce a NaN loss, to exercise error handling end to end."""
+
+    nan_at_step: int = Field(ge=1)
+    """Optimizer step at which the loss becomes NaN."""
+    trials: list[int] = Field(min_length=1)
+    """Optuna trial numbers (0 = the baseline, 1 = the paper trial, then sampled trials) that get the fault."""
+
+
+class SearchSpace(_Strict):
+    """One experiment: what every trial trains and how the search explores, stops and reports."""
+
+    name: Optional[str] = None
+    """Default search name (RUN_DIR = storage_path/name); the file name when unset."""
+    description: str = ""
+    """What the experiment is for."""
+    model: ModelSection
+    """Base model."""
+    data: DataSection = Field(default_factory=DataSection)
+    """Training data."""
+    validation: BenchmarkSection
+    """Validation split: the only benchmark data the search sees."""
+    test: Optional[BenchmarkSection] = None
+    """Test split, scored once per finished (not stopped) trial; unset: no test scoring."""
+    lora: LoraSection = Field(default_factory=LoraSection)
+    """LoRA settings."""
+    training: TrainingSection
+    """Budget and rung size."""
+    params: SearchedParams = Field(default_factory=SearchedParams)
+    """Searched (and fixed) IB parameters."""
+    ib: dict[str, Any] = Field(default_factory=dict)
+    """Fixed IB settings other than the searched ones (bottleneck_dim, ib_token_fraction, ce_chunk_size...)."""
+    sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    """Optuna sampler."""
+    num_samples: int = Field(default=20, ge=1)
+    """Trials in the search, the baseline and paper trials included."""
+    max_concurrent: int = Field(default=2, ge=1)
+    """Trials running at once."""
+    seed: int = 0
+    """Seeds the sampler and every trial's training and sampling."""
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [Objective(metric="val/pass@1"), Objective(metric="val/pass@10(10)")], min_length=1
+    )
+    """Objectives of the study (Pareto front)."""
+    asha: AshaSection = Field(default_factory=AshaSection)
+    """Early stopping."""
+    resources: ResourcesSection = Field(default_factory=ResourcesSection)
+    """Per-trial resources."""
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    """DeepSpeed and precision."""
+    wandb: WandbSection = Field(default_factory=WandbSection)
+    """W&B logging."""
+    failure: FailureSection = Field(default_factory=FailureSection)
+    """Retries."""
+    paper_beta: float = Field(default=PAPER_BETA, ge=0)
+    """beta of the paper-setting trial (paper: 0.02 on OriGen, 0.01 on Evol-CodeAlpaca-V1)."""
+    faults: Optional[FaultInjection] = None
+    """Testing aid only: inject a NaN loss into chosen trials."""
+
+    @field_validator("ib")
+    @classmethod
+    def _ib_fixed(cls, v: dict[str, Any]) -> dict[str, Any]:
+        searched = ("alpha", "beta", "tap_layer", "prior", "prior_options")
+        allowed = ("bottleneck_dim", "logvar_min", "logvar_max", "ib_token_fraction", "ce_chunk_size")
+        for key, value in v.items():
+            if key in searched:
+                raise ValueError(f"{key} belongs under params (searched or fixed there), not ib")
+            if key not in allowed:
+                raise ValueError(f"unknown field {key!r}; allowed: {', '.join(allowed)}")
+            if not _is_number(value):
+                raise ValueError(f"{key} must be a number, got {value!r}")
+        if "ib_token_fraction" in v and not 0 < v["ib_token_fraction"] <= 1:
+            raise ValueError(f"ib_token_fraction must lie in (0, 1], got {v['ib_token_fraction']!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "SearchSpace":
+        if self.asha.max_rungs is not None and self.asha.max_rungs != self.training.num_rungs:
+            raise ValueError(
+                f"asha.max_rungs {self.asha.max_rungs} disagrees with training: max_steps / rung_steps = "
+                f"{self.training.num_rungs}"
+            )
+        if self.asha.grace_period > self.training.num_rungs:
+            raise ValueError(
+                f"asha.grace_period {self.asha.grace_period} exceeds the {self.training.num_rungs} rungs of a trial"
+            )
+        reported = set(self.validation.metric_names("val"))
+        for name, metric in [("asha.metric", self.asha.metric)] + [
+            (f"objectives[{i}].metric", o.metric) for i, o in enumerate(self.objectives)
+        ]:
+            if metric not in reported:
+                raise ValueError(f"{name} {metric!r} is not reported; allowed: {', '.join(sorted(reported))}")
+        if len({o.metric for o in self.objectives}) != len(self.objectives):
+            raise ValueError("objectives must not repeat a metric")
+        depth = self.model.depth()
+        if depth is not None:
+            self._check_tap_layers(depth)
+        if self.sampler == "grid":
+            for name, domain in self.params.domains().items():
+                if domain.choices is None:
+                    raise ValueError(f"sampler grid needs choices for every searched parameter; params.{name} is {domain.kind}")
+        return self
+
+    def _check_tap_layers(self, depth: int) -> None:
+        spec = self.params.tap_layer
+        values: list[Any]
+        if isinstance(spec, Domain):
+            values = list(spec.choices or []) + list(spec.int_range or [])
+        else:
+            values = [spec]
+        for value in values:
+            if isinstance(value, int) and not -(depth + 1) <= value <= depth:
+                raise ValueError(
+                    f"params.tap_layer {value} is out of range for a {depth}-layer model "
+                    f"(allowed: 0..{depth}, -{depth + 1}..-1 or a fraction in (0, 1))"
+                )
+
+    # ---- what the search side derives from a space ------------------------------------------------
+
+    @property
+    def num_rungs(self) -> int:
+        """Rungs of a trial that is never stopped."""
+        return self.training.num_rungs
+
+    def paper_params(self) -> dict[str, Any]:
+        """The paper's setting (alpha 0.1, beta paper_beta, tap layer 20 where the model has one, standard normal)."""
+        depth = self.model.depth()
+        tap: Union[int, float] = PAPER_TAP_LAYER if depth is None or depth >= PAPER_TAP_LAYER else PAPER_TAP_FRACTION
+        return {"alpha": PAPER_ALPHA, "beta": self.paper_beta, "tap_layer": tap, "prior": PAPER_PRIOR, "prior_options": {}}
+
+    def fixed_params(self) -> dict[str, Any]:
+        """Parameters the space fixes to one value (not searched)."""
+        out = {
+            name: getattr(self.params, name)
+            for name in ("alpha", "beta", "tap_layer", "prior")
+            if not isinstance(getattr(self.params, name), Domain)
+        }
+        return out
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("Domain", "int", "float", "str", "bool") or "[" in str(item) or str(item).startswith("function-"):
+            continue  # pydantic's union-branch labels say nothing to a user
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def _one_line(path: str, error: ValidationError) -> str:
+    errors = error.errors()
+    # A union field reports one error per branch; the Domain branch's message is the informative one.
+    first = next((e for e in errors if "Domain" in e["loc"]), errors[0])
+    loc = _format_loc(tuple(first["loc"]))
+    msg = first["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    if first["type"] == "missing":
+        msg = "required field is missing"
+    elif first["type"] not in ("value_error", "assertion_error") and "input" in first:
+        msg = f"{msg}, got {first['input']!r}"
+    where = f"{path}: {loc}: " if loc else f"{path}: "
+    return (where + msg).replace("\n", " ")
+
+
+def parse_space(data: Any, path: str = "<space>") -> SearchSpace:
+    """Validate a space given as a mapping; `path` names it in errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a space file must be a YAML mapping, got {type(data).__name__}")
+    try:
+        space = SearchSpace.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_one_line(path, e)) from None
+    if space.name is None:
+        space.name = Path(path).stem if path != "<space>" else "search"
+    return space
+
+
+class SpaceYamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads 1e-3 as a float (YAML 1.1 insists on 1.0e-3; people write 1e-3)."""
+
+
+SpaceYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a space file; every problem is a one-line ConfigError naming the file and field."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: space file not found")
+    try:
+        data = yaml.load(p.read_text(), Loader=SpaceYamlLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    space = parse_space(data, str(p))
+    if space.name is None or data.get("name") is None:
+        space.name = p.stem
+    return space

@@ -1,0 +1,235 @@
+"""Build and run one search: Ray Tune Tuner + Optuna (SQLite study) + ASHA, fresh or resumed, then its tables.
+
+RUN_DIR layout: space.yaml (the space the search runs), optuna.db (study named after the search, so
+`optuna-dashboard sqlite:///RUN_DIR/optuna.db` opens it), tune/ (Ray's results and experiment state),
+trials/<trial_id>/ (each trial's Ray Train run: checkpoints), wandb/, trials.csv and pareto.json.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+from ray.tune import CLIReporter
+
+from search.space import SearchSpace, load_space
+
+SPACE_FILE = "space.yaml"
+OPTUNA_DB = "optuna.db"
+TUNE_DIR = "tune"
+TRIALS_DIR = "trials"
+TRAINABLE = "trainables.tune_trainable:run_trial"
+
+# Environment every Ray process of a search needs: Train V2 inside Tune, the classic trial table (the new
+# output engine ignores a custom reporter), and room for slow worker start-up on busy machines.
+RAY_ENV = {
+    "RAY_TRAIN_V2_ENABLED": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+class SearchOutcome(dict):
+    """Summary of a search run: run_dir, counts per state, interrupted flag, the Pareto front."""
+
+
+def prepare_run_dir(space_path: Path, run_dir: Path) -> None:
+    """Create RUN_DIR for a fresh search and keep a copy of its space file there (resume reads that copy)."""
+    from trainables.errors import ConfigError
+
+    if (run_dir / TUNE_DIR).exists() or (run_dir / OPTUNA_DB).exists():
+        raise ConfigError(
+            f"{run_dir} already holds a search; continue it with `ibft tune --resume {run_dir}` "
+            f"or choose another --name/--storage-path"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(space_path, run_dir / SPACE_FILE)
+
+
+def load_run_space(run_dir: Path) -> SearchSpace:
+    """The space a run directory was started with; its search name is the directory's name."""
+    from trainables.errors import ConfigError
+
+    if not (run_dir / SPACE_FILE).is_file() or not (run_dir / TUNE_DIR).is_dir():
+        raise ConfigError(f"--resume {run_dir}: not a search run directory (no {SPACE_FILE} and {TUNE_DIR}/)")
+    space = load_space(run_dir / SPACE_FILE)
+    space.name = run_dir.name
+    return space
+
+
+def trial_setup(space: SearchSpace, run_dir: Path) -> dict[str, Any]:
+    """What every trial of this search shares, as plain data for the trainable (config key "setup")."""
+    setup = space.model_dump(mode="json", exclude={"params", "sampler", "objectives", "asha", "num_samples"})
+    setup["run_dir"] = str(run_dir.resolve())
+    setup["num_rungs"] = space.num_rungs
+    return setup
+
+
+def _connect(address: Optional[str]) -> None:
+    import ray
+
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return
+    ray.init(
+        address=address,
+        runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENV}},
+        log_to_driver=True,
+        logging_level="WARNING",
+    )
+
+
+def _sampler(space: SearchSpace):
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if space.sampler == "tpe":
+        # constant_liar: with trials running in parallel TPE treats them as pending bad results rather than
+        # proposing the same region again; group/multivariate model the conditional prior options.
+        return optuna.samplers.TPESampler(seed=space.seed, multivariate=True, group=True, constant_liar=True)
+    if space.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=space.seed, population_size=max(4, min(50, space.num_samples // 4)))
+    if space.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=space.seed)
+    grid = {name: list(d.choices or []) for name, d in space.params.domains().items()}
+    return optuna.samplers.GridSampler(grid, seed=space.seed)
+
+
+class StderrReporter(CLIReporter):
+    """Ray's trial table on stderr (stdout carries the machine-readable summary)."""
+
+    def _print(self, msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _reporter(space: SearchSpace) -> StderrReporter:
+    metrics = {"rung": "rung", "train/loss": "loss"}
+    for name in dict.fromkeys([space.asha.metric] + [o.metric for o in space.objectives]):
+        metrics[name] = name
+    params = {"role": "role", "alpha": "alpha", "beta": "beta", "tap_layer": "tap", "prior": "prior"}
+    return StderrReporter(metric_columns=metrics, parameter_columns=params, max_report_frequency=30)
+
+
+def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
+    """The Tuner of this search: fresh, or restored from RUN_DIR/tune with unfinished trials continued."""
+    import optuna
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search.asha import LoggedASHA
+    from search.optuna_bridge import PrunedAwareOptunaSearch
+    from trainables import tune_trainable
+
+    trainable = tune.with_resources(tune_trainable.run_trial, tune_trainable.DRIVER_RESOURCES)
+    param_space = {"setup": trial_setup(space, run_dir)}
+    if resume:
+        return tune.Tuner.restore(
+            str(run_dir / TUNE_DIR),
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+            param_space=param_space,
+        )
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{(run_dir / OPTUNA_DB).resolve()}", engine_kwargs={"connect_args": {"timeout": 60}}
+    )
+    searcher = PrunedAwareOptunaSearch(space, sampler=_sampler(space), storage=storage, study_name=space.name)
+    scheduler = LoggedASHA(
+        metric=space.asha.metric,
+        mode=space.asha.mode,
+        num_rungs=space.num_rungs,
+        grace_period=space.asha.grace_period,
+        reduction_factor=space.asha.reduction_factor,
+        tie_break=space.asha.tie_break,
+    )
+    from search.pg_reaper import PlacementGroupReaper
+
+    callbacks: list = [PlacementGroupReaper()]
+    if space.wandb.mode != "disabled":
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        (run_dir / "wandb").mkdir(exist_ok=True)
+        os.environ["WANDB_MODE"] = space.wandb.mode
+        callbacks.append(
+            WandbLoggerCallback(
+                project=space.wandb.project,
+                group=space.name,
+                excludes=["setup"],
+                mode=space.wandb.mode,
+                dir=str(run_dir / "wandb"),
+            )
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent),
+            scheduler=scheduler,
+            num_samples=space.num_samples,
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=str(run_dir.resolve()),
+            failure_config=tune.FailureConfig(max_failures=space.failure.max_failures),
+            progress_reporter=_reporter(space),
+            callbacks=callbacks,
+            verbose=1,
+        ),
+    )
+
+
+def trial_records(result_grid) -> list[dict[str, Any]]:
+    """Plain records of every Tune trial of a finished (or interrupted) fit."""
+    from ray.tune.experiment import Trial
+
+    records = []
+    for trial in result_grid._experiment_analysis.trials:
+        error = None
+        if trial.status == Trial.ERROR:
+            error = trial.error_file and Path(trial.error_file).is_file() and Path(trial.error_file).read_text()
+            error = error or "trial errored"
+        records.append(
+            {
+                "trial_id": trial.trial_id,
+                "config": trial.config,
+                "last_result": trial.last_result,
+                "finished": trial.status == Trial.TERMINATED,
+                "errored": trial.status == Trial.ERROR,
+                "error": error,
+            }
+        )
+    return records
+
+
+def write_tables(space: SearchSpace, run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """trials.csv and pareto.json of the run; returns the Pareto front."""
+    from search.results import PARETO_JSON, TRIALS_CSV, trial_row, write_pareto_json, write_trials_csv
+
+    objectives = [o.metric for o in space.objectives]
+    rows = [trial_row(r, num_rungs=space.num_rungs, objectives=objectives) for r in records]
+    write_trials_csv(rows, run_dir / TRIALS_CSV)
+    return write_pareto_json(rows, [o.model_dump() for o in space.objectives], run_dir / PARETO_JSON)
+
+
+def run_search(space: SearchSpace, run_dir: Path, *, resume: bool, address: Optional[str]) -> SearchOutcome:
+    """Run (or resume) the search to completion, or until Ctrl-C; always writes the tables."""
+    _connect(address)
+    tuner = build_tuner(space, run_dir, resume=resume)
+    result_grid = tuner.fit()
+    records = trial_records(result_grid)
+    front = write_tables(space, run_dir, records)
+    states: dict[str, int] = {}
+    from search.results import trial_row
+
+    for r in records:
+        state = trial_row(r, num_rungs=space.num_rungs, objectives=[o.metric for o in space.objectives])["state"]
+        states[state] = states.get(state, 0) + 1
+    interrupted = bool(states.get("UNFINISHED")) or len(records) < space.num_samples
+    return SearchOutcome(run_dir=str(run_dir), name=space.name, states=states, interrupted=interrupted, pareto=front)

@@ -1,0 +1,116 @@
+"""The Optuna bridge on a real SQLite study: presets, PRUNED/FAIL outcomes, conditional options, resume."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.optuna_bridge import COMPLETE, FAIL, PRUNED, PrunedAwareOptunaSearch, trial_outcome
+from search.space import load_space
+
+ROOT = Path(__file__).resolve().parents[1]
+OBJECTIVES = ["val/pass@1", "val/pass@2(2)"]
+
+
+def _searcher(tmp_path: Path, seed: int = 0) -> PrunedAwareOptunaSearch:
+    space = load_space(ROOT / "spaces" / "smoke.yaml")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    sampler = optuna.samplers.RandomSampler(seed=seed)
+    return PrunedAwareOptunaSearch(space, sampler=sampler, storage=storage, study_name="smoke")
+
+
+def _result(rung: int, p1: float = 0.0, p2: float = 0.0) -> dict:
+    return {"rung": rung, "val/pass@1": p1, "val/pass@2(2)": p2, "train/loss": 3.0}
+
+
+def test_outcome_rules():
+    assert trial_outcome(_result(2, 0.1, 0.2), False, 2, OBJECTIVES) == COMPLETE
+    assert trial_outcome(_result(1, 0.9, 0.9), False, 2, OBJECTIVES) == PRUNED  # stopped at a low rung
+    assert trial_outcome(None, False, 2, OBJECTIVES) == PRUNED
+    assert trial_outcome(_result(2), True, 2, OBJECTIVES) == FAIL
+    assert trial_outcome(_result(2, float("nan"), 0.1), False, 2, OBJECTIVES) == FAIL
+
+
+def test_first_trials_are_baseline_then_paper(tmp_path):
+    searcher = _searcher(tmp_path)
+    baseline = searcher.suggest("t0")
+    paper = searcher.suggest("t1")
+    sampled = searcher.suggest("t2")
+    assert baseline["role"] == "baseline" and baseline["alpha"] == 0.0 and baseline["optuna_trial"] == 0
+    assert paper["role"] == "paper" and paper["optuna_trial"] == 1
+    assert (paper["alpha"], paper["beta"], paper["prior"]) == (0.1, 0.02, "standard_normal")
+    assert paper["tap_layer"] == pytest.approx(2 / 3)  # 4-layer tiny model: the paper's relative depth
+    assert sampled["role"] == "search" and 0.01 <= sampled["alpha"] <= 1.0
+    trials = searcher.study.get_trials(deepcopy=False)
+    # The baseline's alpha = 0 lies outside the log-uniform alpha range: it is no Optuna parameter (the
+    # sampler's density would be -inf there) but a user attribute; the paper's in-range alpha is a parameter.
+    assert trials[0].params == {} and trials[0].user_attrs["preset"]["alpha"] == 0.0
+    assert trials[1].params["alpha"] == 0.1 and "beta" not in trials[1].params  # 0.02 is not a beta choice
+    assert set(trials[2].params) >= {"alpha", "beta", "tap_layer", "prior"}
+
+
+def test_prior_options_exist_only_for_their_prior(tmp_path):
+    searcher = _searcher(tmp_path, seed=3)
+    seen = set()
+    for i in range(14):
+        config = searcher.suggest(f"t{i}")
+        if config["role"] != "search":
+            continue
+        seen.add(config["prior"])
+        if config["prior"] == "mog":
+            assert config["prior_options"]["components"] in (2, 3)
+        else:
+            assert config["prior_options"] == {}
+    assert seen == {"mog", "standard_normal"}
+
+
+def test_stopped_trials_are_pruned_errors_fail_finished_complete(tmp_path):
+    searcher = _searcher(tmp_path)
+    for i in range(4):
+        searcher.suggest(f"t{i}")
+    searcher.on_trial_complete("t0", _result(2, 0.25, 0.5))
+    searcher.on_trial_complete("t1", _result(1, 0.75, 1.0))  # ASHA stopped it after rung 1 of 2
+    searcher.on_trial_complete("t2", _result(2), error=True)
+    searcher.on_trial_complete("t3", None)
+    trials = searcher.study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.PRUNED]
+    assert trials[0].values == [0.25, 0.5]
+    assert trials[1].values is None  # no low-fidelity values reach the sampler
+    assert trials[1].user_attrs["rung"] == 1 and trials[1].user_attrs["val/pass@1"] == 0.75
+    searcher.on_trial_complete("t0", _result(2, 0.0, 0.0))  # a repeat changes nothing
+    assert searcher.study.get_trials(deepcopy=False)[0].values == [0.25, 0.5]
+
+
+def test_resume_claims_trials_asked_after_the_last_checkpoint(tmp_path):
+    searcher = _searcher(tmp_path)
+    pickled_at_start = pickle.dumps(searcher)  # what Tune keeps in tuner.pkl
+    searcher.suggest("t0")
+    searcher.suggest("t1")
+    searcher.on_trial_complete("t0", _result(2, 0.1, 0.2))
+    searcher.save(str(tmp_path / "searcher.pkl"))  # Tune's periodic experiment checkpoint
+    searcher.suggest("t2")  # asked for, then the driver is SIGKILLed before the next checkpoint
+    searcher.on_trial_complete("t1", _result(2, 0.3, 0.4))  # told, also after the checkpoint
+
+    restored = pickle.loads(pickled_at_start)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("t1")["optuna_trial"] == 1  # Tune re-runs t1 with its old config
+    restored.on_trial_complete("t1", _result(2, 0.0, 0.0))  # already told: the first telling stands
+    again = restored.suggest("t9")  # Tune's next new trial takes over the orphaned Optuna trial 2
+    assert again["optuna_trial"] == 2
+    nxt = restored.suggest("t10")
+    assert nxt["optuna_trial"] == 3
+    trials = restored.study.get_trials(deepcopy=False)
+    assert len(trials) == 4
+    assert trials[1].values == [0.3, 0.4]
+    assert trials[2].user_attrs["ray_trial_id"] == "t9"
+
+
+def test_resumed_study_does_not_enqueue_presets_again(tmp_path):
+    first = _searcher(tmp_path)
+    first.suggest("t0")
+    second = _searcher(tmp_path)  # same storage and study name
+    roles = [t.user_attrs.get("role") for t in second.study.get_trials(deepcopy=False)]
+    assert roles.count("baseline") == 1 and roles.count("paper") == 1

@@ -1,0 +1,176 @@
+"""End to end on a real local Ray cluster: the smoke space searched with Ray Train + Tune + Optuna + ASHA.
+
+One search (module fixture) answers most questions; it includes a trial forced to a NaN loss. A second
+search is SIGKILLed mid-way and resumed. Each takes a few minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from search.results import read_trials_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+NAN_TRIAL = 4
+
+
+def _space_file(tmp: Path, **changes) -> Path:
+    data = yaml.safe_load((ROOT / "spaces" / "smoke.yaml").read_text())
+    data.update(changes)
+    path = tmp / "space.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _tune(args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "search", "tune", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: the test can clean up the Ray processes it starts
+        **kw,
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        _kill_group(proc)
+    return proc.returncode, out, err
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _study(run_dir: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir / 'optuna.db'}")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("smoke")
+    space = _space_file(tmp, num_samples=5, faults={"nan_at_step": 1, "trials": [NAN_TRIAL]})
+    proc = _tune([str(space), "--name", "smoke", "--storage-path", str(tmp / "runs")])
+    code, out, err = _finish(proc, timeout=1500)
+    return {"code": code, "out": out, "err": err, "run_dir": tmp / "runs" / "smoke"}
+
+
+def test_search_finishes_and_prints_the_front(smoke_run):
+    assert smoke_run["code"] == 0, smoke_run["err"][-3000:]
+    summary = json.loads(smoke_run["out"].strip().splitlines()[-1])
+    assert summary["interrupted"] is False and summary["run_dir"] == str(smoke_run["run_dir"])
+    assert "Pareto front" in smoke_run["err"]
+    assert "ASHA " in smoke_run["err"]  # one line per ASHA decision
+    for name in ("optuna.db", "trials.csv", "pareto.json", "tune", "space.yaml"):
+        assert (smoke_run["run_dir"] / name).exists(), name
+
+
+def test_optuna_study_holds_presets_pruned_failed_and_complete_trials(smoke_run):
+    trials = _study(smoke_run["run_dir"], "smoke").get_trials(deepcopy=False)
+    assert len(trials) == 5
+    roles = [t.user_attrs.get("role") for t in trials]
+    assert roles[:2] == ["baseline", "paper"]
+    assert trials[0].user_attrs["preset"]["alpha"] == 0.0
+    assert trials[1].params["alpha"] == 0.1
+    states = [t.state for t in trials]
+    assert TrialState.PRUNED in states, states  # ASHA stopped at least one trial, and Optuna knows it
+    assert states[NAN_TRIAL] == TrialState.FAIL
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert complete and all(len(t.values) == 2 for t in complete)
+    for t in trials:
+        if t.state == TrialState.PRUNED:
+            assert t.values is None and t.user_attrs["rung"] < 2
+        assert t.state != TrialState.RUNNING
+
+
+def test_trials_csv_matches_the_study(smoke_run):
+    rows = read_trials_csv(smoke_run["run_dir"] / "trials.csv")
+    study = {t.number: t for t in _study(smoke_run["run_dir"], "smoke").get_trials(deepcopy=False)}
+    assert sorted(r["optuna_trial"] for r in rows) == sorted(study)
+    names = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", TrialState.FAIL: "ERROR"}
+    for row in rows:
+        trial = study[row["optuna_trial"]]
+        assert row["state"] == names[trial.state]
+        assert row["trial_id"] == trial.user_attrs["ray_trial_id"]
+        if row["state"] == "COMPLETE":
+            assert [row["val/pass@1"], row["val/pass@2(2)"]] == trial.values
+            assert row["last_rung"] == 2 and row["checkpoint_path"]
+    nan_row = next(r for r in rows if r["optuna_trial"] == NAN_TRIAL)
+    assert "non-finite" in nan_row["error"]
+
+
+def test_pareto_json_is_the_non_dominated_set_of_trials_csv(smoke_run):
+    rows = [r for r in read_trials_csv(smoke_run["run_dir"] / "trials.csv") if r["state"] == "COMPLETE"]
+    keys = ("val/pass@1", "val/pass@2(2)")
+
+    def beaten(r):  # written out here rather than calling search.pareto, as an independent check
+        return any(
+            all(o[k] >= r[k] for k in keys) and any(o[k] > r[k] for k in keys) for o in rows if o is not r
+        )
+
+    expected = sorted(r["trial_id"] for r in rows if not beaten(r))
+    saved = json.loads((smoke_run["run_dir"] / "pareto.json").read_text())
+    assert sorted(t["trial_id"] for t in saved["trials"]) == expected
+    assert expected
+
+
+def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path):
+    space = _space_file(tmp_path, num_samples=4)
+    run_dir = tmp_path / "runs" / "killed"
+    proc = _tune([str(space), "--name", "killed", "--storage-path", str(tmp_path / "runs")])
+    db = run_dir / "optuna.db"
+    before: dict[int, tuple] = {}
+    deadline = time.time() + 900
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(3)
+            finished = _finished_trials(db)
+            if finished:
+                break
+        assert proc.poll() is None, "the search ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only, mid-search
+        proc.wait(timeout=60)
+    finally:
+        _kill_group(proc)  # then the Ray processes it had started
+    before = _finished_trials(db)
+    assert before
+
+    resumed = _tune(["--resume", str(run_dir)])
+    code, out, err = _finish(resumed, timeout=1500)
+    assert code == 0, err[-3000:]
+    trials = _study(run_dir, "killed").get_trials(deepcopy=False)
+    assert len(trials) == 4  # nothing asked twice
+    assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 4
+    assert all(t.state.is_finished() for t in trials)
+    for number, (state, values) in before.items():
+        assert (trials[number].state.name, trials[number].values) == (state, values)  # nothing lost or redone
+    rows = read_trials_csv(run_dir / "trials.csv")
+    assert sorted(r["optuna_trial"] for r in rows) == [0, 1, 2, 3]
+
+
+def _finished_trials(db: Path) -> dict[int, tuple]:
+    if not db.exists():
+        return {}
+    try:
+        study = optuna.load_study(study_name="killed", storage=f"sqlite:///{db}")
+        return {t.number: (t.state.name, t.values) for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    except (KeyError, sqlite3.OperationalError, Exception):
+        return {}

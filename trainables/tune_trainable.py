@@ -1,0 +1,290 @@
+"""The Ray Tune trainable of a search: one trial = one Ray Train V2 run of the IB-FT loop, evaluated per rung.
+
+The only module of `trainables` that imports ray. The search driver hands a trial plain data: config
+"setup" (what every trial of the search shares, from the space file) plus the trial's IB parameters
+(alpha, beta, tap_layer, prior, prior_options), its Optuna trial number and its role.
+
+run_trial (on the Tune side) launches a TorchTrainer whose workers run trainables.train.loop.train with
+hooks that, every rung, evaluate val Pass@k(m) (the tasks split across ranks), and at the last rung the
+test split too, then `ray.train.report` the metrics, the loss components and throughput with the rung's
+checkpoint; TuneReportCallback forwards each report to Tune (ASHA, Optuna).
+
+Retries and resumes: the Train run of a trial is named after the trial in RUN_DIR/trials, so a retried or
+resumed trial's new TorchTrainer finds the run's checkpoints and continues from the last rung. A trial
+whose loss went non-finite leaves a marker and fails again at once on a retry: the same config would
+diverge at the same step.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Optional
+
+import ray.train
+from ray import tune
+from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from trainables.errors import ConfigError
+
+DRIVER_RESOURCES = {"cpu": 0.01}
+"""The Tune-side function only waits on its Train run; the run's workers hold the real resources."""
+PARAM_KEYS = ("alpha", "beta", "tap_layer", "prior", "prior_options")
+RUNG_METRICS_FILE = "rung_metrics.json"
+"""Written into each rung checkpoint: what was reported with it (a resumed finished run re-reports it)."""
+NONFINITE_MARKER = "nonfinite_loss.txt"
+
+
+class NonFiniteTrialError(RuntimeError):
+    """The trial's loss went non-finite; retrying the same configuration cannot help."""
+
+
+def train_config_dict(setup: dict[str, Any], params: dict[str, Any], *, output_dir: str, optuna_trial: Any) -> dict:
+    """The TrainConfig (as a dict) of one trial: the space's shared settings plus the trial's IB parameters."""
+    model, training, ds = setup["model"], setup["training"], setup["deepspeed"]
+    faults = setup.get("faults") or {}
+    nan_step = faults.get("nan_at_step") if optuna_trial in faults.get("trials", []) else None
+    return {
+        "model": {
+            "name_or_path": model["name_or_path"],
+            "gguf_file": model.get("gguf_file"),
+            "tokenizer": model.get("tokenizer"),
+            "dtype": ds["precision"],
+            "tiny_overrides": dict(model.get("tiny_overrides") or {}),
+        },
+        "lora": dict(setup["lora"]),
+        "ib": {**{k: params[k] for k in PARAM_KEYS}, **(setup.get("ib") or {})},
+        "data": dict(setup["data"]),
+        "optim": {
+            "lr": training["lr"],
+            "weight_decay": training["weight_decay"],
+            "warmup_steps": training["warmup_steps"],
+            "min_lr_ratio": training["min_lr_ratio"],
+            "max_steps": training["max_steps"],
+            "batch_size": training["batch_size"],
+            "grad_accum": training["grad_accum"],
+            "max_grad_norm": training["max_grad_norm"],
+        },
+        "deepspeed": (
+            {
+                "zero_stage": ds["zero_stage"],
+                "offload_optimizer": ds["offload_optimizer"],
+                "offload_params": ds["offload_params"],
+            }
+            if ds["enabled"]
+            else None
+        ),
+        "seed": setup["seed"],
+        "output_dir": output_dir,
+        "log_every": 1,
+        "checkpoint_every": 0,
+        "keep_checkpoints": 2,
+        "resume": False,
+        "debug": {"fault_nan_at_step": nan_step},
+    }
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable: run (or continue) this trial's Ray Train run to its end or until ASHA stops it."""
+    from trainables.train.config import TrainConfig
+
+    setup = config["setup"]
+    trial_id = tune.get_context().get_trial_id()
+    trials_root = Path(setup["run_dir"]) / "trials"
+    marker = trials_root / trial_id / NONFINITE_MARKER
+    if marker.is_file():
+        raise NonFiniteTrialError(marker.read_text().strip())
+    params = {k: config[k] for k in PARAM_KEYS}
+    work_dir = trials_root / trial_id / "work"
+    train_dict = train_config_dict(setup, params, output_dir=str(work_dir), optuna_trial=config.get("optuna_trial"))
+    TrainConfig.from_dict(train_dict)  # a bad combination fails here, before any worker starts
+    resources = setup["resources"]
+    per_worker = {"CPU": resources["cpus_per_worker"]}
+    if resources["gpus_per_worker"]:
+        per_worker["GPU"] = resources["gpus_per_worker"]
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"train": train_dict, "setup": setup},
+        scaling_config=ScalingConfig(
+            num_workers=resources["workers"],
+            use_gpu=bool(resources["gpus_per_worker"]),
+            resources_per_worker=per_worker,
+        ),
+        run_config=RunConfig(
+            name=trial_id,
+            storage_path=str(trials_root),
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # Retries belong to Tune's FailureConfig (one policy, one count); the Train run never retries itself.
+            failure_config=ray.train.FailureConfig(max_failures=0),
+        ),
+    )
+    try:
+        trainer.fit()
+    except Exception as e:  # Ray wraps the worker's exception; its text keeps the original type and message
+        reason = _nonfinite_reason(str(e))
+        if reason is None:
+            raise
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(reason + "\n")
+        raise NonFiniteTrialError(reason) from None
+
+
+def _nonfinite_reason(text: str) -> Optional[str]:
+    for line in text.splitlines():
+        if "NonFiniteTrialError: " in line:
+            return line.split("NonFiniteTrialError: ", 1)[1].strip() or line.strip()
+    return None
+
+
+# ---- on the Ray Train workers ---------------------------------------------------------------------------
+
+
+def _worker_loop(loop_config: dict[str, Any]) -> None:
+    import torch
+
+    from trainables.train import NonFiniteLossError, TrainHooks, train
+    from trainables.train.config import TrainConfig
+
+    setup = loop_config["setup"]
+    cfg = TrainConfig.from_dict(loop_config["train"])
+    torch.set_num_threads(max(1, int(setup["resources"]["cpus_per_worker"])))
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint is not None else nullcontext(None) as resume_dir:
+        if resume_dir is not None:
+            done = _finished_metrics(Path(resume_dir), cfg.optim.max_steps)
+            if done is not None:
+                # The run finished before the trial was interrupted: report its last rung again for Tune.
+                ray.train.report(done)
+                return
+        rung = _RungReporter(setup)
+        hooks = TrainHooks(on_log=rung.on_log, on_rung=rung.on_rung, rung_every=setup["training"]["rung_steps"])
+        try:
+            train(cfg, hooks=hooks, resume_from=resume_dir)
+        except NonFiniteLossError as e:
+            # Re-raised as a one-message error: Ray re-creates a worker's exception on the driver, and that
+            # fails for NonFiniteLossError(step, components), which would lose the reason.
+            raise NonFiniteTrialError(str(e)) from None
+
+
+def _finished_metrics(checkpoint_dir: Path, max_steps: int) -> Optional[dict]:
+    path = checkpoint_dir / RUNG_METRICS_FILE
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    return metrics if metrics.get("step", 0) >= max_steps else None
+
+
+class _RungReporter:
+    """The hooks of one worker: collects the loss components between rungs, evaluates and reports at each rung."""
+
+    def __init__(self, setup: dict[str, Any]) -> None:
+        self.setup = setup
+        self.logs: list[dict[str, float]] = []
+        self.context = ray.train.get_context()
+        self.rank, self.world = self.context.get_world_rank(), self.context.get_world_size()
+        self.val_problems = _rank_share(_benchmark_problems(setup["validation"], "val", setup["seed"]), self.rank, self.world)
+        test = setup.get("test")
+        self.test_problems = (
+            _rank_share(_benchmark_problems(test, "test", setup["seed"]), self.rank, self.world) if test else None
+        )
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        self.logs.append(dict(metrics, step=step))
+
+    def on_rung(self, step: int, model: Any, tokenizer: Any, checkpoint_dir: str) -> None:
+        rung_steps = self.setup["training"]["rung_steps"]
+        rung = step // rung_steps
+        final = rung >= self.setup["num_rungs"]
+        report: dict[str, Any] = {"rung": rung, "step": step, **self._train_metrics()}
+        report.update(self._evaluate("val", self.setup["validation"], self.val_problems, model, tokenizer))
+        if final and self.test_problems is not None:
+            report.update(self._evaluate("test", self.setup["test"], self.test_problems, model, tokenizer))
+        local_first = self.context.get_local_rank() == 0
+        if local_first:
+            Path(checkpoint_dir, RUNG_METRICS_FILE).write_text(json.dumps(report))
+        # Every rank reports (Train synchronises on it); one rank per node uploads that node's checkpoint files.
+        ray.train.report(report, checkpoint=Checkpoint.from_directory(checkpoint_dir) if local_first else None)
+        self.logs.clear()
+        return None
+
+    def _train_metrics(self) -> dict[str, float]:
+        if not self.logs:
+            return {}
+        last = self.logs[-1]
+        out = {f"train/{k}": float(last[k]) for k in ("loss", "ce_loss", "kl_loss", "ib_ce_loss", "lr", "grad_norm") if k in last}
+        ce = [log["ce_loss"] for log in self.logs if "ce_loss" in log]
+        if ce:
+            out["train/ce_loss_rung"] = sum(ce) / len(ce)
+        speeds = [log["tokens_per_s"] for log in self.logs if "tokens_per_s" in log]
+        if speeds:
+            out["train/tokens_per_s"] = sum(speeds) / len(speeds)
+        return out
+
+    def _evaluate(self, prefix: str, bench: dict[str, Any], problems: list[dict], model: Any, tokenizer: Any) -> dict:
+        from trainables.evaluation import evaluate
+        from trainables.generation import GenerationSettings
+
+        started = time.perf_counter()
+        summary = evaluate(
+            model,
+            tokenizer,
+            problems,
+            n=bench["n"],
+            ks=bench["k"],
+            ms=bench["m"],
+            generation=GenerationSettings(
+                temperature=bench["temperature"], top_p=bench["top_p"], max_new_tokens=bench["max_new_tokens"]
+            ),
+            workers=max(1, int(self.setup["resources"]["cpus_per_worker"])),
+            seed=self.setup["seed"] + 7919 * self.rank,
+            timeout=bench["timeout"],
+        )
+        names = _metric_keys(bench)
+        local = {name: float(summary[name]) for name in names} if problems else {name: 0.0 for name in names}
+        combined = _combine_across_ranks(local, len(problems))
+        out = {f"{prefix}/{name}": value for name, value in combined.items()}
+        out[f"{prefix}/eval_seconds"] = time.perf_counter() - started
+        return out
+
+
+def _metric_keys(bench: dict[str, Any]) -> list[str]:
+    kmax = max(bench["k"])
+    return [f"pass@{k}" for k in bench["k"]] + [f"pass@{kmax}({m})" for m in bench["m"]]
+
+
+def _combine_across_ranks(local: dict[str, float], n_tasks: int) -> dict[str, float]:
+    """Task-weighted mean of each rank's pass rates (ranks evaluate disjoint task shares)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (local, n_tasks))
+    total = sum(n for _, n in gathered)
+    if total == 0:
+        return local
+    return {name: sum(values[name] * n for values, n in gathered) / total for name in local}
+
+
+def _rank_share(problems: list[dict], rank: int, world: int) -> list[dict]:
+    return problems[rank::world]
+
+
+def _benchmark_problems(bench: dict[str, Any], split: str, seed: int) -> list[dict]:
+    """The benchmark split's problems, or a seeded subset of `tasks` of them (the same for every trial)."""
+    from trainables.benchmarks import BUILTIN, load_benchmark
+
+    # A user's own problems file has no shipped split: the space names one file per role, used whole.
+    problems = load_benchmark(bench["benchmark"], split if bench["benchmark"] in BUILTIN else "all")
+    tasks = bench.get("tasks")
+    if tasks is not None and tasks < len(problems):
+        chosen = sorted(random.Random(seed).sample(range(len(problems)), tasks))
+        problems = [problems[i] for i in chosen]
+    if not problems:
+        raise ConfigError(f"{split} benchmark {bench['benchmark']!r} has no problems")
+    return problems
