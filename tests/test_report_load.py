@@ -1,0 +1,196 @@
+"""`ibft report` on a run directory written the way a search writes it: finished, running, crashed, locked,
+only stopped or errored trials; what the page and summary state, the reproduce configs, the CLI."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import report_run_fixture as fixture
+
+from search.report import write_report
+from search.report.analysis import analyse
+from search.report.html import PLOT_IDS
+from search.report.load import COMPLETE, ERROR, PRUNED, UNFINISHED, load_run
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    return fixture.write_run(tmp_path_factory.mktemp("finished"))
+
+
+@pytest.fixture(scope="module")
+def finished_report(finished_run, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("report")
+    return out, write_report(finished_run, out, png=False)
+
+
+def test_finished_run_joins_every_source(finished_run):
+    run = load_run(finished_run)
+    assert run.finished and run.notes == []
+    assert [t.number for t in run.trials] == list(range(7))
+    assert [t.state for t in run.trials] == [COMPLETE] * 5 + [PRUNED, ERROR]
+    assert [t.role for t in run.trials[:3]] == ["baseline", "paper", "search"]
+    assert run.trials[5].last_rung == 1 and run.trials[5].steps == 10
+    assert run.trials[6].error == fixture.ERROR_LINE
+    assert run.trials[2].params == {"alpha": 0.05, "beta": 0.01, "tap_layer": 1, "prior": "mog",
+                                    "prior_options": {"components": 2}}
+    assert run.trials[1].metrics["test/pass@10(10)"] == 0.13
+    assert [r["rung"] for r in run.trials[0].rungs] == [1, 2, 3]
+    assert run.trials[0].train_config["ib"]["alpha"] == 0.0
+    assert run.trials[6].train_config is None  # errored before its first checkpoint
+    assert run.trials[1].extra["memorization_gap"] == 9.75
+    assert run.study is not None and run.has_test and (run.rung_steps, run.max_steps) == (10, 30)
+
+
+def test_facts_of_the_finished_run_by_hand(finished_run):
+    facts = analyse(load_run(finished_run))
+    assert [t.label for t in facts.front] == ["#1", "#2", "#3"]
+    assert sorted(t.label for t in facts.dominated) == ["#0", "#4"]  # the baseline is beaten by the paper trial
+    assert facts.reference == [0.0, 0.0]
+    assert facts.hypervolume == pytest.approx(0.049)  # see test_report_pareto's staircase
+    assert [round(p.hypervolume, 9) for p in facts.progress if p.completed] == [0.03, 0.0408, 0.044, 0.049, 0.049]
+    s = facts.savings
+    # 6 trials ran (the errored one reported nothing): 5 x 30 + 10 = 160 steps of 6 x 30 = 180.
+    assert (s.trials_run, s.trials_stopped, s.steps_spent, s.steps_without_stopping) == (6, 1, 160, 180)
+    assert s.seconds_saved_estimate == pytest.approx(fixture.SECONDS_PER_STEP * 20)
+    assert set(facts.importances) == {"val/pass@1", "val/pass@10(10)"}
+    for scores in facts.importances.values():
+        assert set(scores) == {"alpha", "beta", "tap_layer", "prior"}
+        assert sum(scores.values()) == pytest.approx(1.0)
+
+
+def test_page_is_self_contained_and_states_the_answers(finished_report):
+    out, result = finished_report
+    page = (out / "index.html").read_text()
+    assert page.count("plotly.js v") == 1  # inlined once, reused by every figure
+    assert "<script src=" not in page and "cdn.plot.ly/plotly" not in page
+    for div_id in PLOT_IDS:
+        assert f'id="{div_id}"' in page, div_id
+    assert 'id="no-completed"' not in page
+    assert "#0, dominated by #1" in page
+    assert "of 4 validation gain(s) over the baseline, 4 hold on test" in page
+    assert "20 saved (11%)" in page
+    assert "memorization_gap" in page and "9.75" in page
+    assert fixture.ERROR_LINE in page
+    assert f"<code>ibft train --config {out / 'configs' / 'trial-2.yaml'}</code>" in page
+    assert result["front"] == ["#1", "#2", "#3"] and result["hypervolume"] == pytest.approx(0.049)
+    summary = (out / "summary.md").read_text()
+    assert "| #2 | search | on the front |" in summary
+    assert f"`ibft train --config {out / 'configs' / 'trial-2.yaml'}`" in summary
+
+
+def test_reproduce_config_is_the_trials_exact_train_config(finished_run, finished_report):
+    from trainables.commands.train import build_config
+
+    out, result = finished_report
+    assert set(result["configs"]) == {"#0", "#1", "#2", "#3"}  # the front plus the baseline
+    trial = load_run(finished_run).trials[2]
+    rebuilt = build_config(result["configs"]["#2"]).to_dict()
+    assert rebuilt["output_dir"] == str((finished_run / "reproduce" / "trial-2").resolve())
+    expected = dict(trial.train_config, output_dir=rebuilt["output_dir"])
+    assert json.loads(json.dumps(rebuilt)) == expected  # JSON turns the config's tuples into lists
+
+
+def test_running_search_without_tables(tmp_path):
+    run_dir = fixture.write_run(tmp_path, finished=False, only=[0, 1, 2, 3, 4])
+    run = load_run(run_dir)
+    assert not run.finished
+    assert run.trials[-1].state == UNFINISHED and run.trials[-1].last_rung == 2  # 2 of its 3 rungs so far
+    assert [t.state for t in run.trials[:4]] == [COMPLETE] * 4  # told to Optuna, no trials.csv yet
+    result = write_report(run_dir, png=False)
+    page = Path(result["html"]).read_text()
+    assert "not finished: 1 trial(s) running or left by an interrupted search" in page
+    assert (run_dir / "report" / "summary.md").is_file()
+
+
+def test_crashed_search_with_a_half_written_result_line_and_no_experiment_state(tmp_path):
+    run_dir = fixture.write_run(tmp_path, finished=False, only=[0, 1, 2, 3, 4])
+    for state in (run_dir / "tune").glob("experiment_state-*.json"):
+        state.unlink()
+    result_file = next((run_dir / "tune").glob("run_trial_0000abcd_*")) / "result.json"
+    with result_file.open("a") as f:
+        f.write('{"rung": 4, "step": 4')  # the driver died mid-write
+    run = load_run(run_dir)
+    assert [r["rung"] for r in run.trials[0].rungs] == [1, 2, 3]
+    assert any("experiment state" in n for n in run.notes)
+    assert write_report(run_dir, png=False)["states"][COMPLETE] == 4
+
+
+def test_study_is_read_while_a_writer_holds_it_and_never_modified(tmp_path):
+    run_dir = fixture.write_run(tmp_path)
+    db = run_dir / "optuna.db"
+    before = db.read_bytes()
+    writer = sqlite3.connect(db)
+    writer.execute("BEGIN IMMEDIATE")  # a search in the middle of a write transaction
+    try:
+        run = load_run(run_dir)
+    finally:
+        writer.rollback()
+        writer.close()
+    assert run.study is not None and len(run.study.get_trials(deepcopy=False)) == 7
+    assert db.read_bytes() == before
+
+
+def test_only_stopped_and_errored_trials_still_render_and_say_so(tmp_path):
+    run_dir = fixture.write_run(tmp_path, only=[5, 6])
+    result = write_report(run_dir, png=False)
+    assert result["front"] == [] and result["states"] == {COMPLETE: 0, PRUNED: 1, ERROR: 1, UNFINISHED: 0}
+    page = Path(result["html"]).read_text()
+    assert 'id="no-completed"' in page and "No trial has completed: 1 stopped by ASHA, 1 errored" in page
+    assert 'id="pareto"' in page and page.count("plotly.js v") == 1
+    assert "Parameter importances unavailable" in page
+    assert "no trial has completed" in Path(result["summary"]).read_text().lower()
+
+
+def test_missing_study_and_space_degrade_to_notes(tmp_path):
+    run_dir = fixture.write_run(tmp_path)
+    (run_dir / "optuna.db").unlink()
+    (run_dir / "space.yaml").unlink()
+    run = load_run(run_dir)  # objectives from pareto.json, states from trials.csv
+    assert [o["metric"] for o in run.objectives] == ["val/pass@1", "val/pass@10(10)"]
+    assert any("optuna.db is missing" in n for n in run.notes) and any("space.yaml" in n for n in run.notes)
+    assert [t.label for t in analyse(run).front] == ["#1", "#2", "#3"]
+
+
+def test_cli_writes_the_report_without_torch_or_ray(finished_run, tmp_path):
+    code = (
+        "import sys; from search.cli import main; rc = main(['report', sys.argv[1], '--out', sys.argv[2], '--no-png']);"
+        "print(json.dumps({'rc': rc, 'torch': 'torch' in sys.modules, 'ray': 'ray' in sys.modules}), file=sys.stderr)"
+    )
+    proc = subprocess.run([sys.executable, "-c", "import json;" + code, str(finished_run), str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["front"] == ["#1", "#2", "#3"]
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == {"rc": 0, "torch": False, "ray": False}
+    assert (tmp_path / "r" / "index.html").is_file()
+
+
+def test_cli_rejects_a_directory_that_is_no_run(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "search", "report", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"ibft report: error: RUN_DIR {tmp_path}: not a search run directory (none of space.yaml, optuna.db, tune, "
+        f"trials.csv)"
+    )
+    assert "Traceback" not in proc.stderr
+
+
+def test_ray_results_alone_tell_which_trials_reported_their_last_rung(tmp_path):
+    run_dir = fixture.write_run(tmp_path)
+    for name in ("trials.csv", "pareto.json", "optuna.db"):
+        (run_dir / name).unlink()
+    for state in (run_dir / "tune").glob("experiment_state-*.json"):
+        state.unlink()
+    run = load_run(run_dir)
+    # Reporting the last rung completes a trial by the search's rule; the stopped one cannot be told from a
+    # trial still running without the experiment state, and the errored one reported nothing.
+    assert [t.state for t in run.trials] == [COMPLETE] * 5 + [UNFINISHED] * 2
+    assert [t.label for t in analyse(run).front] == ["#1", "#2", "#3"]
