@@ -27,8 +27,16 @@ class IBHead(nn.Module):
         self.prior.bind_encoder(self.encode)
 
     def encode(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior parameters (mu, log sigma^2 clamped to [logvar_min, logvar_max]) for hidden [..., hidden]."""
-        mu, logvar = self.encoder(hidden).chunk(2, dim=-1)
+        """Posterior parameters (mu, log sigma^2 clamped to [logvar_min, logvar_max]) for hidden [..., hidden].
+
+        The residual stream is RMS-normalised (no learned scale) before the encoder. Mid-depth hidden
+        states of real LMs carry "massive activations" (SmolLM2-135M: rms ~40, one dim at ~2e4 on the
+        first token), which made the KL at initialisation ~1e3-1e6 nats per token, so alpha * KL
+        swamped CE_ft and the LoRA weights were pushed to shrink the residual stream instead of
+        learning the task. Normalised, the initial KL is O(10) nats and its gradient is scale-free.
+        """
+        normalised = nn.functional.rms_norm(hidden.float(), (hidden.shape[-1],), eps=1e-6).to(hidden.dtype)
+        mu, logvar = self.encoder(normalised).chunk(2, dim=-1)
         return mu, logvar.clamp(self.logvar_min, self.logvar_max)
 
     def sample(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
