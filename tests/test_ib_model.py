@@ -152,7 +152,7 @@ def test_chunk_size_changes_neither_losses_nor_gradients():
     for key in LOSS_KEYS:
         torch.testing.assert_close(losses_small[key], losses_big[key], rtol=1e-6, atol=1e-6)
     assert grads_small.keys() == grads_big.keys()
-        # Chunking changes only the fp32 summation order: differences at the 1e-7 level are rounding.
+    # Chunking changes only the fp32 summation order: differences at the 1e-7 level are rounding.
     for name in grads_small:
         torch.testing.assert_close(grads_small[name], grads_big[name], rtol=1e-5, atol=1e-6)
 
