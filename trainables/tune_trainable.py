@@ -31,8 +31,12 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from trainables.errors import ConfigError
 
-DRIVER_RESOURCES = {"cpu": 0.01}
-"""The Tune-side function only waits on its Train run; the run's workers hold the real resources."""
+DRIVER_RESOURCES = {"cpu": 0, "memory": 64 * 1024**2}
+"""The Tune-side function only waits on its Train run; the run's workers hold the real resources.
+
+No CPU at all: even 0.01 CPU per driver left a 2-CPU node 0.02 short of two 1-CPU trials, so one
+Train run waited for the other to finish. Ray refuses an empty bundle, so the driver asks for a
+little memory instead (every node has that resource)."""
 PARAM_KEYS = ("alpha", "beta", "tap_layer", "prior", "prior_options")
 RUNG_METRICS_FILE = "rung_metrics.json"
 """Written into each rung checkpoint: what was reported with it (a resumed finished run re-reports it)."""

@@ -49,7 +49,14 @@ def resolve_run(args: argparse.Namespace):
         if args.num_samples < 1:
             raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
         space.num_samples = args.num_samples
-    run_dir = Path(args.storage_path) / space.name
+    if "://" in args.storage_path:
+        # The Optuna study is a SQLite file and the trials share checkpoints by path: both need a
+        # filesystem every node mounts (NFS, EFS, Lustre), not an object store.
+        raise ConfigError(
+            f"--storage-path {args.storage_path!r}: give a directory on a filesystem shared by all nodes "
+            "(e.g. an NFS/EFS mount); object-store URIs are not supported"
+        )
+    run_dir = Path(args.storage_path).resolve() / space.name
     prepare_run_dir(Path(args.space), run_dir)
     if args.num_samples is not None:
         _record_num_samples(run_dir, args.num_samples)
