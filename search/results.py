@@ -20,6 +20,9 @@ PARAM_COLUMNS = ("alpha", "beta", "tap_layer", "prior", "prior_options")
 STATES = {COMPLETE: "COMPLETE", PRUNED: "PRUNED", FAIL: "ERROR"}
 UNFINISHED = "UNFINISHED"
 """State of a trial an interrupted search left running or pending (a resume continues it)."""
+METRIC_PREFIXES = ("val/", "test/", "memorization/")
+"""Reported results that become trials.csv columns and pareto.json metrics (memorization/...: the
+memorization analysis of a finished trial, when the space enables it)."""
 
 
 def trial_row(record: dict[str, Any], *, num_rungs: int, objectives: list[str]) -> dict[str, Any]:
@@ -40,7 +43,7 @@ def trial_row(record: dict[str, Any], *, num_rungs: int, objectives: list[str]) 
         row[name] = json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
     row["state"] = state
     row["last_rung"] = result.get(RUNG_KEY)
-    for key in sorted(k for k in result if k.startswith(("val/", "test/"))):
+    for key in sorted(k for k in result if k.startswith(METRIC_PREFIXES)):
         row[key] = result[key]
     row["wall_time_s"] = result.get("time_total_s")
     row["checkpoint_path"] = result.get("checkpoint_path")
@@ -57,9 +60,12 @@ def _one_line(error: Any) -> Optional[str]:
 
 
 def write_trials_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    """Write rows with the union of their columns (fixed columns first, metrics in sorted order)."""
+    """Write rows with the union of their columns (fixed columns first, then test/ and val/ metrics in sorted
+    order, then memorization/ ones)."""
     fixed = ["trial_id", "optuna_trial", "role", *PARAM_COLUMNS, "state", "last_rung"]
-    metrics = sorted({k for r in rows for k in r if k.startswith(("val/", "test/"))})
+    metrics = sorted(
+        {k for r in rows for k in r if k.startswith(METRIC_PREFIXES)}, key=lambda k: (k.startswith("memorization/"), k)
+    )
     columns = fixed + metrics + ["wall_time_s", "checkpoint_path", "error"]
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
@@ -120,7 +126,7 @@ def write_pareto_json(rows: list[dict[str, Any]], objectives: list[dict[str, str
                 "optuna_trial": row.get("optuna_trial"),
                 "role": row.get("role"),
                 "params": {name: _params_value(name, row.get(name)) for name in PARAM_COLUMNS},
-                "metrics": {k: v for k, v in row.items() if k.startswith(("val/", "test/")) and v is not None},
+                "metrics": {k: v for k, v in row.items() if k.startswith(METRIC_PREFIXES) and v is not None},
                 "last_rung": row.get("last_rung"),
                 "checkpoint_path": row.get("checkpoint_path"),
             }

@@ -17,6 +17,7 @@ from trainables.errors import ConfigError
 
 # The static list of prior names lives next to the IB config; importing it pulls no torch.
 from trainables.ib.prior_names import PRIOR_NAMES
+from trainables.memorization import search_metrics as memorization_metrics
 
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -343,6 +344,9 @@ class Objective(_Strict):
 class AshaSection(_Strict):
     """Asynchronous successive halving on the validation proxy."""
 
+    enabled: bool = True
+    """false: no early stopping (Ray's FIFO scheduler); every trial runs all its rungs, e.g. to record full
+    learning curves. The other fields still say which metric the trials are watched on."""
     metric: str = "val/pass@10(10)"
     """The reported key ASHA ranks trials by at each rung."""
     mode: Literal["max", "min"] = "max"
@@ -406,6 +410,40 @@ class FailureSection(_Strict):
     """Retries of a failed trial, each from its last checkpoint (non-finite losses are never retried)."""
 
 
+class MemorizationSection(_Strict):
+    """Memorization analysis at the end of every finished trial (trainables.memorization): Min-K% Prob of the
+    first max_examples training examples, and the geometry between the most- and least-memorized groups.
+
+    Enabled, a finished trial reports memorization/gap (the angular gap between the groups, lower is better),
+    memorization/gap_base and gap_change (vs the base model on the same groups), l2_distance,
+    relative_distance, angular_disparity, min_k_mean, min_k_mean_base, tap_index, n_scored and seconds; they
+    land in trials.csv and the report, and gap, gap_change, l2_distance, relative_distance,
+    angular_disparity and min_k_mean may be objectives (mode min). Stopped trials are not measured.
+    """
+
+    enabled: bool = False
+    """Measure memorization at the final rung of every trial."""
+    k: float = Field(default=0.2, gt=0, le=1)
+    """Min-K% Prob's K: the fraction of each response's lowest-probability tokens averaged (paper: 0.2)."""
+    quantile: float = Field(default=0.2, gt=0, le=0.5)
+    """Fraction of the scored examples in each group (0.2: top 20% most vs bottom 20% least memorized)."""
+    max_examples: int = Field(default=64, ge=4)
+    """Score the first N training examples (in the seeded order the trial loads them)."""
+    batch_size: int = Field(default=8, ge=1)
+    """Examples per forward pass (the numbers do not depend on it)."""
+    tap_layer: Optional[Union[int, float]] = None
+    """Depth the representations are read at (int, negative int or fraction of depth). Unset: each trial's own
+    tap layer (params.tap_layer; the baseline's is the paper trial's). Set it when params.tap_layer is searched
+    and the gap is an objective, so every trial's gap is measured at the same depth."""
+
+    @field_validator("tap_layer")
+    @classmethod
+    def _tap_layer(cls, v: Optional[Union[int, float]]) -> Optional[Union[int, float]]:
+        if v is not None and not _is_tap_value(v):
+            raise ValueError(f"tap_layer must be an int, a negative int or a fraction in (0, 1), got {v!r}")
+        return v
+
+
 class FaultInjection(_Strict):
     """Testing aid: make chosen trials produce a NaN loss, to exercise error handling end to end."""
 
@@ -462,6 +500,8 @@ class SearchSpace(_Strict):
     """Retries."""
     paper_beta: float = Field(default=PAPER_BETA, ge=0)
     """beta of the paper-setting trial (paper: 0.02 on OriGen, 0.01 on Evol-CodeAlpaca-V1)."""
+    memorization: MemorizationSection = Field(default_factory=MemorizationSection)
+    """Memorization analysis of every finished trial (off unless enabled)."""
     faults: Optional[FaultInjection] = None
     """Testing aid only: inject a NaN loss into chosen trials."""
 
@@ -492,14 +532,7 @@ class SearchSpace(_Strict):
             raise ValueError(
                 f"asha.grace_period {self.asha.grace_period} exceeds the {self.training.num_rungs} rungs of a trial"
             )
-        reported = set(self.validation.metric_names("val"))
-        for name, metric in [("asha.metric", self.asha.metric)] + [
-            (f"objectives[{i}].metric", o.metric) for i, o in enumerate(self.objectives)
-        ]:
-            if metric not in reported:
-                raise ValueError(f"{name} {metric!r} is not reported; allowed: {', '.join(sorted(reported))}")
-        if len({o.metric for o in self.objectives}) != len(self.objectives):
-            raise ValueError("objectives must not repeat a metric")
+        self._check_metrics()
         depth = self.model.depth()
         if depth is not None:
             self._check_tap_layers(depth)
@@ -509,6 +542,40 @@ class SearchSpace(_Strict):
                     raise ValueError(f"sampler grid needs choices for every searched parameter; params.{name} is {domain.kind}")
         return self
 
+    def _check_metrics(self) -> None:
+        """ASHA ranks on a validation metric (reported every rung); objectives are validation metrics or, with
+        memorization enabled, memorization metrics (reported at the final rung, lower is better)."""
+        validation = self.validation.metric_names("val")
+        if self.asha.metric not in validation:
+            raise ValueError(f"asha.metric {self.asha.metric!r} is not reported; allowed: {', '.join(sorted(validation))}")
+        memorization = list(memorization_metrics.OBJECTIVE_METRICS) if self.memorization.enabled else []
+        for i, objective in enumerate(self.objectives):
+            name, metric = f"objectives[{i}]", objective.metric
+            if metric in memorization_metrics.OBJECTIVE_METRICS and not self.memorization.enabled:
+                raise ValueError(
+                    f"{name}.metric {metric!r} is reported only with memorization measured: "
+                    "set memorization.enabled: true"
+                )
+            if metric not in validation and metric not in memorization:
+                allowed = sorted(validation) + memorization
+                raise ValueError(f"{name}.metric {metric!r} is not reported; allowed: {', '.join(allowed)}")
+            if metric in memorization and objective.mode != memorization_metrics.MODE:
+                raise ValueError(
+                    f"{name}.mode: {metric} is lower-is-better, so its mode must be min, got {objective.mode}"
+                )
+        if len({o.metric for o in self.objectives}) != len(self.objectives):
+            raise ValueError("objectives must not repeat a metric")
+        if self.memorization.enabled:
+            memo = self.memorization
+            available = min(memo.max_examples, self.data.max_examples or memo.max_examples)
+            size = math.floor(memo.quantile * available + 1e-9)
+            if size < 2:
+                raise_what = "data.max_examples" if available < memo.max_examples else "memorization.max_examples"
+                raise ValueError(
+                    f"memorization.quantile {memo.quantile} of {available} examples gives groups of {size}; each group "
+                    f"needs at least 2 (raise {raise_what} or memorization.quantile)"
+                )
+
     def _check_tap_layers(self, depth: int) -> None:
         spec = self.params.tap_layer
         values: list[Any]
@@ -516,10 +583,13 @@ class SearchSpace(_Strict):
             values = list(spec.choices or []) + list(spec.int_range or [])
         else:
             values = [spec]
-        for value in values:
+        checked = [("params.tap_layer", value) for value in values]
+        if self.memorization.enabled and self.memorization.tap_layer is not None:
+            checked.append(("memorization.tap_layer", self.memorization.tap_layer))
+        for name, value in checked:
             if isinstance(value, int) and not -(depth + 1) <= value <= depth:
                 raise ValueError(
-                    f"params.tap_layer {value} is out of range for a {depth}-layer model "
+                    f"{name} {value} is out of range for a {depth}-layer model "
                     f"(allowed: 0..{depth}, -{depth + 1}..-1 or a fraction in (0, 1))"
                 )
 

@@ -40,6 +40,7 @@ SPACE = {
     "resources": {"workers": 1, "cpus_per_worker": 1},
     "deepspeed": {"enabled": False, "precision": "fp32"},
     "wandb": {"mode": "disabled"},
+    "memorization": {"enabled": True, "max_examples": 32, "tap_layer": 2},
 }
 
 # number, role, params, outcome, final val (pass@1, pass@10(10)), test, rungs reached
@@ -62,6 +63,12 @@ TRIALS: list[dict[str, Any]] = [
 ERROR_LINE = "trainables.train.loop.NonFiniteLossError: loss became nan at step 4"
 MEMORIZATION_GAPS = {0: 12.5, 1: 9.75, 2: 10.25}
 """memorization_gap per Optuna trial number, appended to trials.csv like a memorization analysis would."""
+MEMORIZATION_BASE_GAP = 14.0
+"""memorization/gap_base every completed trial reports (one measurement depth: memorization.tap_layer 2)."""
+REPORTED_GAPS = {0: 12.0, 1: 8.5, 2: 10.0, 3: 9.0, 4: 13.0}
+"""memorization/gap each completed trial reports at its last rung, as the space's memorization section asks."""
+MEMORIZATION_OBJECTIVE = {"metric": "memorization/gap", "mode": "min"}
+"""The third objective of write_run(memorization_objective=True)."""
 T0 = 1_800_000_000
 SECONDS_PER_STEP = 2.0
 STARTUP_SECONDS = 30.0
@@ -106,22 +113,47 @@ def _rung_result(trial_id: str, number: int, spec: dict, rung: int, start: float
     }
     if rung == NUM_RUNGS and spec["test"]:
         result["test/pass@1"], result["test/pass@10(10)"] = spec["test"]
+    if rung == NUM_RUNGS and number in REPORTED_GAPS:
+        result.update(memorization_results(number))
     return result
 
 
-def write_run(root: Path, *, finished: bool = True, only: Optional[list[int]] = None) -> Path:
+def memorization_results(number: int) -> dict[str, float]:
+    """The memorization/... values trial `number` reports at its last rung."""
+    gap = REPORTED_GAPS[number]
+    return {
+        "memorization/gap": gap,
+        "memorization/gap_base": MEMORIZATION_BASE_GAP,
+        "memorization/gap_change": gap - MEMORIZATION_BASE_GAP,
+        "memorization/l2_distance": gap / 10,
+        "memorization/relative_distance": gap / 100,
+        "memorization/angular_disparity": gap + 30.0,
+        "memorization/min_k_mean": -2.0 - gap / 10,
+        "memorization/min_k_mean_base": -3.5,
+        "memorization/tap_index": 2.0,
+        "memorization/n_scored": 32.0,
+        "memorization/seconds": 1.5,
+    }
+
+
+def write_run(
+    root: Path, *, finished: bool = True, only: Optional[list[int]] = None, memorization_objective: bool = False
+) -> Path:
     """Write the run directory root/fixture; finished=False leaves out trials.csv/pareto.json and the last
-    trial's final rung (a running or crashed search); `only` keeps those trial numbers."""
+    trial's final rung (a running or crashed search); `only` keeps those trial numbers; memorization_objective
+    makes memorization/gap (min) a third objective of the space and the study."""
     from search.results import trial_row, write_pareto_json, write_trials_csv
 
+    objectives = OBJECTIVES + ([MEMORIZATION_OBJECTIVE] if memorization_objective else [])
     run_dir = root / "fixture"
     if run_dir.exists():
         shutil.rmtree(run_dir)
     (run_dir / "tune").mkdir(parents=True)
-    (run_dir / "space.yaml").write_text(yaml.safe_dump(SPACE, sort_keys=False))
+    (run_dir / "space.yaml").write_text(yaml.safe_dump({**SPACE, "objectives": objectives}, sort_keys=False))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}")
-    study = optuna.create_study(storage=storage, study_name="fixture", directions=["maximize", "maximize"])
+    directions = ["maximize" if o["mode"] == "max" else "minimize" for o in objectives]
+    study = optuna.create_study(storage=storage, study_name="fixture", directions=directions)
     distributions = {
         "alpha": optuna.distributions.FloatDistribution(0.01, 1.0, log=True),
         "beta": optuna.distributions.FloatDistribution(0.001, 0.1, log=True),
@@ -168,7 +200,7 @@ def write_run(root: Path, *, finished: bool = True, only: Optional[list[int]] = 
                 if key.startswith(("val/", "test/")):
                     trial.set_user_attr(key, value)
             if spec["outcome"] == "COMPLETE":
-                study.tell(trial, list(spec["val"]))
+                study.tell(trial, [last[o["metric"]] for o in objectives])
             else:
                 study.tell(trial, None, state=getattr(optuna.trial.TrialState, spec["outcome"]))
         records.append({
@@ -182,9 +214,9 @@ def write_run(root: Path, *, finished: bool = True, only: Optional[list[int]] = 
         json.dumps({"trial_data": state_entries, "runner_data": {}, "stats": {}})
     )
     if finished:
-        rows = [trial_row(r, num_rungs=NUM_RUNGS, objectives=[o["metric"] for o in OBJECTIVES]) for r in records]
+        rows = [trial_row(r, num_rungs=NUM_RUNGS, objectives=[o["metric"] for o in objectives]) for r in records]
         write_trials_csv(rows, run_dir / "trials.csv")
-        write_pareto_json(rows, OBJECTIVES, run_dir / "pareto.json")
+        write_pareto_json(rows, objectives, run_dir / "pareto.json")
         _append_memorization(run_dir / "trials.csv")
     return run_dir
 

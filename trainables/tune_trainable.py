@@ -6,8 +6,9 @@ The only module of `trainables` that imports ray. The search driver hands a tria
 
 run_trial (on the Tune side) launches a TorchTrainer whose workers run trainables.train.loop.train with
 hooks that, every rung, evaluate val Pass@k(m) (the tasks split across ranks), and at the last rung the
-test split too, then `ray.train.report` the metrics, the loss components and throughput with the rung's
-checkpoint; TuneReportCallback forwards each report to Tune (ASHA, Optuna).
+test split too (and, when the space asks for it, the memorization analysis of the trained model on rank 0),
+then `ray.train.report` the metrics, the loss components and throughput with the rung's checkpoint;
+TuneReportCallback forwards each report to Tune (ASHA, Optuna).
 
 Retries and resumes: the Train run of a trial is named after the trial in RUN_DIR/trials, so a retried or
 resumed trial's new TorchTrainer finds the run's checkpoints and continues from the last rung. A trial
@@ -165,7 +166,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
                 # The run finished before the trial was interrupted: report its last rung again for Tune.
                 ray.train.report(done)
                 return
-        rung = _RungReporter(setup)
+        rung = _RungReporter(setup, tap_layer=cfg.ib.tap_layer)
         hooks = TrainHooks(on_log=rung.on_log, on_rung=rung.on_rung, rung_every=setup["training"]["rung_steps"])
         try:
             train(cfg, hooks=hooks, resume_from=resume_dir)
@@ -186,8 +187,9 @@ def _finished_metrics(checkpoint_dir: Path, max_steps: int) -> Optional[dict]:
 class _RungReporter:
     """The hooks of one worker: collects the loss components between rungs, evaluates and reports at each rung."""
 
-    def __init__(self, setup: dict[str, Any]) -> None:
+    def __init__(self, setup: dict[str, Any], tap_layer: Any = 0.5) -> None:
         self.setup = setup
+        self.tap_layer = tap_layer
         self.logs: list[dict[str, float]] = []
         self.context = ray.train.get_context()
         self.rank, self.world = self.context.get_world_rank(), self.context.get_world_size()
@@ -208,6 +210,9 @@ class _RungReporter:
         report.update(self._evaluate("val", self.setup["validation"], self.val_problems, model, tokenizer))
         if final and self.test_problems is not None:
             report.update(self._evaluate("test", self.setup["test"], self.test_problems, model, tokenizer))
+        memorization = self.setup.get("memorization") or {}
+        if final and memorization.get("enabled"):
+            report.update(self._memorization(model, tokenizer))
         local_first = self.context.get_local_rank() == 0
         if local_first:
             Path(checkpoint_dir, RUNG_METRICS_FILE).write_text(json.dumps(report))
@@ -254,6 +259,67 @@ class _RungReporter:
         out = {f"{prefix}/{name}": value for name, value in combined.items()}
         out[f"{prefix}/eval_seconds"] = time.perf_counter() - started
         return out
+
+    def _memorization(self, model: Any, tokenizer: Any) -> dict[str, float]:
+        """Rank 0 measures; every rank reports the same numbers (a failure fails every rank, none waits)."""
+        import torch.distributed as dist
+
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        outcome: dict[str, Any] = {}
+        if self.rank == 0:
+            try:
+                outcome = {"metrics": trial_memorization(model, tokenizer, self.setup, self.tap_layer)}
+            except Exception as e:
+                if not distributed:
+                    raise
+                outcome = {"error": f"{type(e).__name__}: {e}"}
+        if distributed:
+            box = [outcome]
+            dist.broadcast_object_list(box, src=0)
+            outcome = box[0]
+        if "error" in outcome:
+            raise RuntimeError(f"memorization measurement failed on rank 0: {outcome['error']}")
+        return outcome["metrics"]
+
+
+def trial_memorization(model: Any, tokenizer: Any, setup: dict[str, Any], tap_layer: Any) -> dict[str, float]:
+    """The memorization metrics (memorization/...) of a trained trial model on its own training data.
+
+    Scores the first setup["memorization"]["max_examples"] of the examples the trial trained on (the same
+    source, seeded shuffle, max_examples and max_length; with data.drop_overlong, the ones training kept), at
+    memorization.tap_layer or else `tap_layer` (the trial's IB tap layer). `model` is the trial's LoRA model
+    (or anything trainables.memorization accepts); it is scored without gradients in eval mode, once with the
+    adapter off (the base) and once on, and left in the mode it was in.
+    """
+    from trainables.data import load_examples, tokenize_examples
+    from trainables.memorization import measure_memorization
+    from trainables.memorization.search_metrics import SECONDS, search_metrics
+    from trainables.train.config import DataConfig
+
+    memo = setup["memorization"]
+    data = DataConfig(**setup["data"])
+    started = time.perf_counter()
+    examples = load_examples(data, setup["seed"])
+    if data.drop_overlong:
+        examples = [ex for ex in examples if tokenize_examples([ex], tokenizer, data.max_length, drop_overlong=True)[0]]
+    examples = examples[: memo["max_examples"]]
+    chosen = memo.get("tap_layer")
+    try:
+        summary = measure_memorization(
+            model,
+            tokenizer,
+            examples,
+            k=memo["k"],
+            quantile=memo["quantile"],
+            tap_layer=chosen if chosen is not None else tap_layer,
+            batch_size=memo["batch_size"],
+            max_length=data.max_length,
+        )
+    except ConfigError as e:
+        raise ConfigError(f"memorization: {e}") from None
+    metrics = search_metrics(summary)
+    metrics[SECONDS] = time.perf_counter() - started
+    return metrics
 
 
 def _metric_keys(bench: dict[str, Any]) -> list[str]:

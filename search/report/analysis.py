@@ -215,6 +215,21 @@ def seconds_per_step(trials: list[TrialRecord]) -> Optional[float]:
     return paces[middle] if len(paces) % 2 else (paces[middle - 1] + paces[middle]) / 2
 
 
+MEMORIZATION_GAP = "memorization/gap"
+"""The memorization gap a trial reports when its space measures memorization (lower is better)."""
+ADDED_MEMORIZATION_GAP = "memorization_gap"
+"""A trials.csv column of that name, added by a memorization analysis run after the search, is read as the gap
+of trials that did not report one."""
+
+
+def memorization_gap(trial: TrialRecord) -> Optional[float]:
+    """The trial's memorization gap (reported, else an added trials.csv column), None when it has none."""
+    value = trial.metrics.get(MEMORIZATION_GAP, trial.extra.get(ADDED_MEMORIZATION_GAP))
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
 def test_metric(metric: str) -> str:
     """The test-split counterpart of a validation metric name."""
     return "test/" + metric.split("/", 1)[1] if metric.startswith("val/") else metric

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from search.report.analysis import Facts, objective_values, test_metric
+from search.report.analysis import MEMORIZATION_GAP, Facts, memorization_gap, objective_values, test_metric
 from search.report.load import COMPLETE, PRUNED, TrialRecord
 
 BASELINE_COLOR, PAPER_COLOR, FRONT_COLOR, OTHER_COLOR, STOPPED_COLOR = "#222222", "#d62728", "#1f77b4", "#6baed6", "#8c8c8c"
@@ -175,6 +175,64 @@ def generalisation_figure(facts: Facts) -> Optional[go.Figure]:
         fig.update_yaxes(title_text="test", row=1, col=col)
     fig.update_layout(title="Generalisation: validation vs test of the front (points below the diagonal lost on test)",
                       template=TEMPLATE, height=460)
+    return fig
+
+
+def memorization_figure(facts: Facts) -> Optional[go.Figure]:
+    """Memorization gap against the validation proxy (ASHA's metric) of every trial that measured it: do the
+    trials that represent most- and least-memorized examples more alike also solve more? Front, baseline and
+    paper marked; a dashed line at the base model's gap when every trial measured it at the same depth."""
+    run = facts.run
+    proxy = run.asha_metric or run.objectives[0]["metric"]
+    measured = [
+        t for t in run.trials if memorization_gap(t) is not None and math.isfinite(t.metrics.get(proxy, math.nan))
+    ]
+    if not measured:
+        return None
+    mode = next((o["mode"] for o in run.objectives if o["metric"] == proxy), "max")
+
+    def hover(trial: TrialRecord) -> str:
+        lines = [describe(trial),
+                 f"{MEMORIZATION_GAP} = {_fmt(memorization_gap(trial))}, {proxy} = {_fmt(trial.metrics[proxy])}"]
+        base_gap, change = trial.metrics.get("memorization/gap_base"), trial.metrics.get("memorization/gap_change")
+        if base_gap is not None:
+            lines.append(f"base model's gap {_fmt(base_gap)} (change {change:+.4g})" if change is not None
+                         else f"base model's gap {_fmt(base_gap)}")
+        return "<br>".join(lines)
+
+    def points(trials: list[TrialRecord]) -> dict[str, Any]:
+        return dict(x=[memorization_gap(t) for t in trials], y=[t.metrics[proxy] for t in trials],
+                    hovertext=[hover(t) for t in trials], hoverinfo="text")
+
+    special = [t for t in (facts.baseline, facts.paper) if t is not None]
+    on_front = [t for t in measured if any(t is f for f in facts.front) and not any(t is s for s in special)]
+    others = [t for t in measured if not any(t is f for f in facts.front) and not any(t is s for s in special)]
+    fig = go.Figure()
+    for name, trials, marker in (
+        ("other trials", others, dict(color=OTHER_COLOR, size=10, opacity=0.6)),
+        ("Pareto front", on_front, dict(color=FRONT_COLOR, size=12, line=dict(width=1, color="white"))),
+    ):
+        if trials:
+            fig.add_trace(go.Scatter(mode="markers+text", name=name, marker=marker, text=[t.label for t in trials],
+                                     textposition="top center", **points(trials)))
+    for trial, symbol, color in ((facts.baseline, "star", BASELINE_COLOR), (facts.paper, "diamond", PAPER_COLOR)):
+        if trial is not None and any(trial is t for t in measured):
+            fig.add_trace(go.Scatter(
+                mode="markers+text", name=f"{trial.role} ({trial.label})", text=[trial.role],
+                textposition="top right" if trial.role == "baseline" else "bottom right",
+                marker=dict(symbol=symbol, size=18, color=color, line=dict(width=1, color="white")), **points([trial]),
+            ))
+    base_gaps = {round(t.metrics["memorization/gap_base"], 6) for t in measured if "memorization/gap_base" in t.metrics}
+    if len(base_gaps) == 1:
+        fig.add_vline(x=next(iter(base_gaps)), line=dict(color=STOPPED_COLOR, dash="dash"),
+                      annotation_text="base model's gap", annotation_position="top left")
+    fig.update_layout(
+        title="Memorization gap vs the validation proxy (left: most- and least-memorized examples represented "
+              "more alike)",
+        template=TEMPLATE, height=460, legend=dict(orientation="h", y=-0.2),
+        xaxis_title=f"{MEMORIZATION_GAP} (degrees, lower is better)",
+        yaxis_title=_axis_title({"metric": proxy, "mode": mode}),
+    )
     return fig
 
 

@@ -5,12 +5,20 @@ import datetime as _dt
 import math
 from typing import Any, Optional
 
-from search.report.analysis import Facts, test_metric
+from search.report.analysis import MEMORIZATION_GAP, Facts, memorization_gap, test_metric
 from search.report.load import COMPLETE, ERROR, PRUNED, UNFINISHED, TrialRecord
 from search.report.reproduce import Reproduction
 
 MEMORIZATION_MARK = "memoriz"
 """trials.csv columns whose name holds this are memorization-analysis results (lower gap = less memorization)."""
+MEMORIZATION_SHOWN = (
+    MEMORIZATION_GAP,
+    "memorization/gap_change",
+    "memorization/l2_distance",
+    "memorization/angular_disparity",
+    "memorization/min_k_mean",
+)
+"""The memorization metrics a trial reports that the tables show (every one is in trials.csv)."""
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -100,6 +108,9 @@ def glance(facts: Facts) -> list[tuple[str, str]]:
             out.append((name, f"{trial.label}, {_standing(facts, trial)}: {_values(trial, metrics)}."))
     out.append(("Gain over the baseline", _gain_statement(facts)))
     out.append(("Validation → test", _test_statement(facts)))
+    memorization = _memorization_statement(facts)
+    if memorization:
+        out.append(("Memorization gap", memorization))
     out.append(("Early stopping", _savings_statement(facts)))
     out.append(("Hypervolume", f"{fmt(facts.hypervolume)} now (reference point "
                                f"({', '.join(fmt(v) for v in facts.reference)})), after "
@@ -130,9 +141,36 @@ def _best(trials: list[TrialRecord], metric: str, mode: str) -> Optional[TrialRe
     return (max if mode == "max" else min)(scored, key=lambda t: t.metrics[metric])
 
 
+def _memorization_statement(facts: Facts) -> Optional[str]:
+    """Where the baseline, the paper trial and the front stand on the memorization gap (None: not measured)."""
+    measured = [t for t in facts.run.trials if memorization_gap(t) is not None]
+    if not measured:
+        if facts.run.measures_memorization:
+            return "measured at the end of every finished trial; no trial has finished yet."
+        return None
+    parts = []
+    base = facts.baseline
+    base_gap = memorization_gap(base) if base is not None else None
+    for trial, name in ((base, "baseline"), (facts.paper, "paper")):
+        gap = memorization_gap(trial) if trial is not None else None
+        if gap is not None:
+            change = f" ({gap - base_gap:+.4g} vs baseline)" if base_gap is not None and trial is not base else ""
+            parts.append(f"{name} {fmt(gap)}{change}")
+    for name, trials in (("lowest on the front", facts.front), ("lowest of all", measured)):
+        gaps = [(gap, t.label) for t in trials for gap in [memorization_gap(t)] if gap is not None]
+        if gaps:
+            gap, label = min(gaps)
+            parts.append(f"{name} {fmt(gap)} ({label})")
+    return (
+        "angular gap in degrees between the most- and least-memorized training examples' representations, "
+        "lower is better: " + "; ".join(parts) + "."
+    )
+
+
 def _test_statement(facts: Facts) -> str:
     base = facts.baseline
-    pairs = [(o["metric"], test_metric(o["metric"]), o["mode"]) for o in facts.run.objectives]
+    pairs = [(o["metric"], test_metric(o["metric"]), o["mode"]) for o in facts.run.objectives
+             if test_metric(o["metric"]) != o["metric"]]
     scored = [t for t in facts.front if any(tm in t.metrics for _, tm, _ in pairs)]
     if not scored:
         if not facts.run.has_test:
@@ -176,9 +214,17 @@ def param_cells(trial: TrialRecord) -> list[str]:
     return [fmt(p.get("alpha")), fmt(p.get("beta")), fmt(p.get("tap_layer")), prior]
 
 
-def memorization_columns(trials: list[TrialRecord]) -> list[str]:
-    """Memorization-analysis columns present on any of the trials."""
-    return sorted({k for t in trials for k in t.extra if MEMORIZATION_MARK in k.lower()})
+def memorization_columns(trials: list[TrialRecord], exclude: tuple[str, ...] = ()) -> list[str]:
+    """Memorization results present on any of the trials, `exclude` (the objectives' columns) left out: the
+    reported memorization/... metrics the tables show, then trials.csv columns a later analysis added."""
+    reported = [k for k in MEMORIZATION_SHOWN if k not in exclude and any(k in t.metrics for t in trials)]
+    added = sorted({k for t in trials for k in t.extra if MEMORIZATION_MARK in k.lower()} - set(exclude))
+    return reported + added
+
+
+def memorization_cell(trial: TrialRecord, column: str) -> str:
+    """A memorization column's value for the trial, as a cell."""
+    return fmt(trial.metrics.get(column, trial.extra.get(column)))
 
 
 def front_trials(facts: Facts) -> list[TrialRecord]:
@@ -203,10 +249,11 @@ def front_table(facts: Facts, reproductions: dict[str, Reproduction], *, command
     objectives = facts.run.objectives
     rows_trials = front_trials(facts)
     base = facts.baseline
-    memo = memorization_columns(rows_trials)
+    memo = memorization_columns(rows_trials, exclude=tuple(o["metric"] for o in objectives))
     headers = ["trial", "role", "standing", "alpha", "beta", "tap layer", "prior"]
     for o in objectives:
-        headers += [o["metric"], test_metric(o["metric"]), f"Δ{o['metric']} vs baseline"]
+        tested = test_metric(o["metric"]) != o["metric"]  # memorization objectives have no test counterpart
+        headers += [o["metric"], *([test_metric(o["metric"])] if tested else []), f"Δ{o['metric']} vs baseline"]
     headers += memo + (["reproduce"] if commands else [])
     rows = []
     for t in rows_trials:
@@ -216,9 +263,9 @@ def front_table(facts: Facts, reproductions: dict[str, Reproduction], *, command
             delta = None
             if base is not None and m in t.metrics and m in base.metrics:
                 delta = t.metrics[m] - base.metrics[m]
-            row += [fmt(t.metrics.get(m)), fmt(t.metrics.get(test_metric(m))),
-                    "–" if delta is None else f"{delta:+.4g}"]
-        row += [fmt(t.extra.get(k)) for k in memo]
+            tested = [fmt(t.metrics.get(test_metric(m)))] if test_metric(m) != m else []
+            row += [fmt(t.metrics.get(m)), *tested, "–" if delta is None else f"{delta:+.4g}"]
+        row += [memorization_cell(t, k) for k in memo]
         if commands:
             row.append(reproduce_text(t, reproductions))
         rows.append(row)
@@ -228,12 +275,12 @@ def front_table(facts: Facts, reproductions: dict[str, Reproduction], *, command
 def trials_table(facts: Facts) -> tuple[list[str], list[list[str]]]:
     """Every trial: state, rung, steps, parameters, objective values, memorization columns, error."""
     objectives = [o["metric"] for o in facts.run.objectives]
-    memo = memorization_columns(facts.run.trials)
+    memo = memorization_columns(facts.run.trials, exclude=tuple(objectives))
     headers = ["trial", "tune id", "role", "state", "last rung", "steps", "alpha", "beta", "tap layer", "prior",
                *objectives, *memo, "error"]
     rows = []
     for t in facts.run.trials:
         rows.append([t.label, str(t.trial_id or "–"), t.role, t.state, fmt(t.last_rung), str(t.steps), *param_cells(t),
-                     *[fmt(t.metrics.get(m)) for m in objectives], *[fmt(t.extra.get(k)) for k in memo],
+                     *[fmt(t.metrics.get(m)) for m in objectives], *[memorization_cell(t, k) for k in memo],
                      t.error or ""])
     return headers, rows

@@ -18,8 +18,8 @@ from search.report.findings import (
 )
 from search.report.reproduce import Reproduction
 
-PLOT_IDS = ("pareto", "generalisation", "hypervolume", "importance", "parallel", "losses", "rungs")
-"""div ids of the figures, in page order."""
+PLOT_IDS = ("pareto", "generalisation", "memorization", "hypervolume", "importance", "parallel", "losses", "rungs")
+"""div ids of the figures, in page order (memorization only when the space measures it or a trial has it)."""
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1360px;
@@ -48,6 +48,7 @@ def render_page(facts: Facts, reproductions: dict[str, Reproduction]) -> str:
     built = {
         "pareto": figures.pareto_figure(facts),
         "generalisation": figures.generalisation_figure(facts),
+        "memorization": figures.memorization_figure(facts),
         "hypervolume": figures.hypervolume_figure(facts),
         "importance": figures.importance_figure(facts),
         "parallel": figures.parallel_figure(facts),
@@ -91,6 +92,12 @@ def render_page(facts: Facts, reproductions: dict[str, Reproduction]) -> str:
         "<h2>Validation vs test</h2>",
         plot("generalisation", "No front trial has test scores: the space scores no test split, or no trial has "
                                "completed."),
+        *(
+            ["<h2>Memorization</h2>",
+             plot("memorization", "No finished trial has a memorization gap and a validation value yet.")]
+            if run.measures_memorization or built["memorization"] is not None
+            else []
+        ),
         "<h2>Search progress and early stopping</h2>",
         plot("hypervolume", "No trial has reported a rung yet."),
         "<h2>Parameters</h2>",

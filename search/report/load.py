@@ -30,6 +30,9 @@ TRAIN_CONFIG_FILE = "train_config.json"
 """Written by the training loop into every checkpoint: the TrainConfig that produced it."""
 STEP_METRICS_FILE = "metrics.jsonl"
 """Per-step training metrics the loop appends under its output_dir."""
+METRIC_PREFIXES = ("val/", "test/", "memorization/")
+"""Reported results the report reads as a trial's metrics (memorization/...: measured at a finished trial's
+last rung when the space enables it), from Ray's results, trials.csv and the study alike."""
 _TRIALS_CSV_FIXED = {
     "trial_id", "optuna_trial", "role", *PARAM_NAMES, "state", "last_rung", "wall_time_s", "checkpoint_path", "error",
 }
@@ -55,7 +58,7 @@ class TrialRecord:
     steps: int = 0
     """Optimizer steps the trial reported (its cost)."""
     metrics: dict[str, float] = field(default_factory=dict)
-    """Numeric results of its last report (val/..., test/..., train/...)."""
+    """Numeric results of its last report (val/..., test/..., memorization/..., train/...)."""
     rungs: list[dict[str, Any]] = field(default_factory=list)
     """Every rung report in order (rung, step, timestamp, metrics)."""
     step_log: list[dict[str, float]] = field(default_factory=list)
@@ -69,7 +72,7 @@ class TrialRecord:
     train_config: Optional[dict[str, Any]] = None
     """The exact TrainConfig it trained with (from a checkpoint), when one was written."""
     extra: dict[str, Any] = field(default_factory=dict)
-    """Other trials.csv columns (e.g. memorization_gap)."""
+    """Other trials.csv columns (e.g. a memorization_gap column added after the search)."""
 
     @property
     def label(self) -> str:
@@ -101,6 +104,8 @@ class RunData:
     """Ray Train workers per trial (data-parallel ranks)."""
     has_test: bool = False
     """Whether the space scores a test split on finished trials."""
+    measures_memorization: bool = False
+    """Whether the space measures memorization at the end of every finished trial (memorization.enabled)."""
     study: Any = None
     """The Optuna study (read-only), None when optuna.db is missing or unreadable."""
     finished: bool = False
@@ -141,6 +146,7 @@ def load_run(run_dir: Path | str) -> RunData:
         num_samples=(space or {}).get("num_samples"),
         workers=int(resources.get("workers") or 1),
         has_test=bool((space or {}).get("test")),
+        measures_memorization=bool(((space or {}).get("memorization") or {}).get("enabled")),
         study=study,
         notes=notes,
     )
@@ -409,9 +415,9 @@ def _apply_csv_row(trial: TrialRecord, row: dict[str, Any]) -> None:
     if row.get("last_rung") is not None:
         trial.last_rung = max(int(row["last_rung"]), trial.last_rung or 0)
     for key, value in row.items():
-        if key.startswith(("val/", "test/")) and _finite(value):
+        if key.startswith(METRIC_PREFIXES) and _finite(value):
             trial.metrics.setdefault(key, float(value))
-        elif key not in _TRIALS_CSV_FIXED and not key.startswith(("val/", "test/")) and value is not None:
+        elif key not in _TRIALS_CSV_FIXED and not key.startswith(METRIC_PREFIXES) and value is not None:
             trial.extra[key] = value
     if row.get("wall_time_s") is not None:
         trial.wall_time_s = float(row["wall_time_s"])
@@ -442,7 +448,7 @@ def _apply_study(by_id: dict[str, TrialRecord], study: Any) -> None:
         if told is not None and trial.state == UNFINISHED:
             trial.state = told
         for key, value in frozen.user_attrs.items():
-            if key.startswith(("val/", "test/")) and _finite(value) and key not in trial.metrics:
+            if key.startswith(METRIC_PREFIXES) and _finite(value) and key not in trial.metrics:
                 trial.metrics[key] = float(value)
         if trial.finished_at is None and frozen.datetime_complete is not None:
             trial.finished_at = frozen.datetime_complete.timestamp()
