@@ -11,7 +11,7 @@ import math
 import sys
 from typing import Any, Callable, Optional
 
-from ray.tune.schedulers import AsyncHyperBandScheduler
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
 from search.optuna_bridge import RUNG_KEY
@@ -101,3 +101,18 @@ def _cutoff_at(bracket: Any, rung: int, trial_id: str) -> Optional[float]:
             continue
         return bracket.cutoff(recorded)
     return None
+
+
+def make_scheduler(space: Any) -> TrialScheduler:
+    """The search's trial scheduler: LoggedASHA on the space's asha section, or Ray's FIFOScheduler (no early
+    stopping, every trial runs all its rungs) when asha.enabled is false."""
+    if not space.asha.enabled:
+        return FIFOScheduler()
+    return LoggedASHA(
+        metric=space.asha.metric,
+        mode=space.asha.mode,
+        num_rungs=space.num_rungs,
+        grace_period=space.asha.grace_period,
+        reduction_factor=space.asha.reduction_factor,
+        tie_break=space.asha.tie_break,
+    )

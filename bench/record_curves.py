@@ -1,0 +1,135 @@
+"""Turn a finished search run into a small learning-curves file for the efficiency replay.
+
+Reads RUN_DIR with search.report.load (Ray's per-rung results, trials.csv, the study) and writes JSON:
+the space name, the commands that produced the data, the date, the search settings the replay needs (rung
+size, objectives, the asha section, max_concurrent) and, per trial, its role, params, state and per-rung
+{rung, step, val metrics, train CE}. Meant for a search run without early stopping (spaces/smollm2-grid.yaml:
+asha.enabled false), so every trial has a full curve; trials stopped early are written as they are.
+
+Usage: python bench/record_curves.py RUN_DIR --out bench/data/smollm2_curves.json [--search-command "..."]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+FORMAT = "ibft-search learning curves v1"
+RUNG_KEEP = ("train/ce_loss_rung", "train/ce_loss", "train/loss", "train/kl_loss", "train/ib_ce_loss")
+"""Training metrics kept per rung besides every val/* metric (train/ce_loss_rung: ASHA's tie-break)."""
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _rung_entry(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"rung": int(row["rung"]), "step": int(row.get("step") or 0)}
+    for key in sorted(row):
+        if (key.startswith("val/") or key in RUNG_KEEP) and _finite(row[key]):
+            out[key] = round(float(row[key]), 6)
+    return out
+
+
+def _params(params: dict[str, Any]) -> dict[str, Any]:
+    out = {k: params.get(k) for k in ("alpha", "beta", "tap_layer", "prior")}
+    if params.get("prior_options"):
+        out["prior_options"] = params["prior_options"]
+    return out
+
+
+def record(run_dir: Path, search_command: str | None, record_command: str) -> dict[str, Any]:
+    """The curves document of RUN_DIR (search_command None: reconstructed from the run's space name)."""
+    from search.report.load import load_run
+    from search.space import load_space
+
+    run = load_run(run_dir)
+    space = load_space(run_dir / "space.yaml")
+    search_command = search_command or (
+        f"ibft tune spaces/{space.name}.yaml --storage-path {run_dir.parent} --name {run_dir.name}"
+    )
+    configs = []
+    starts, ends = [], []
+    for trial in run.trials:
+        rungs = []
+        seen: dict[int, dict[str, Any]] = {}
+        for row in trial.rungs:
+            if row.get("rung") is not None:
+                seen[int(row["rung"])] = row  # a retried trial reports a rung again: the last report stands
+        for rung in sorted(seen):
+            rungs.append(_rung_entry(seen[rung]))
+        if not rungs:
+            continue
+        last = seen[max(seen)]
+        if _finite(last.get("timestamp")) and _finite(last.get("time_total_s")):
+            ends.append(float(last["timestamp"]))
+            starts.append(float(last["timestamp"]) - float(last["time_total_s"]))
+        configs.append(
+            {
+                "trial": trial.number,
+                "trial_id": trial.trial_id,
+                "role": trial.role,
+                "params": _params(trial.params),
+                "state": trial.state,
+                "wall_time_s": round(float(trial.wall_time_s), 1) if _finite(trial.wall_time_s) else None,
+                "rungs": rungs,
+            }
+        )
+    return {
+        "format": FORMAT,
+        "space": space.name,
+        "commands": {"search": search_command, "record": record_command},
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "search_started": dt.datetime.fromtimestamp(min(starts), dt.timezone.utc).isoformat(timespec="seconds")
+        if starts
+        else None,
+        "search_wall_s": round(max(ends) - min(starts), 1) if starts else None,
+        "model": space.model.name_or_path,
+        "validation": {"benchmark": space.validation.benchmark, "tasks": space.validation.tasks, "n": space.validation.n},
+        "rung_steps": space.training.rung_steps,
+        "max_steps": space.training.max_steps,
+        "num_rungs": space.num_rungs,
+        "max_concurrent": space.max_concurrent,
+        "sampler": space.sampler,
+        "objectives": [o.model_dump() for o in space.objectives],
+        "asha": space.asha.model_dump(),
+        "configs": configs,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="a finished search run directory (STORAGE_PATH/NAME)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument(
+        "--search-command",
+        default=None,
+        help="the `ibft tune` command that produced RUN_DIR (default: reconstructed from the directory)",
+    )
+    args = parser.parse_args(argv)
+    run_dir = args.run_dir
+    search_command = args.search_command
+    record_command = shlex.join(["python", "bench/record_curves.py", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        doc = record(run_dir, search_command, record_command)
+    except Exception as e:  # one line, like the CLI
+        print(f"record_curves: {run_dir}: {e}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    full = sum(1 for c in doc["configs"] if len(c["rungs"]) == doc["num_rungs"])
+    print(f"wrote {args.out}: {len(doc['configs'])} trials ({full} with all {doc['num_rungs']} rungs) of {doc['space']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
