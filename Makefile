@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 SYSTEM_STAMP := $(VENV)/.system-packages
 DEMO_SPACE ?= spaces/smollm2-python.yaml
 
-.PHONY: venv system-packages demo test test-fast bench clean
+.PHONY: venv system-packages demo demo-train test test-fast bench clean
 
 venv: $(STAMP)
 
@@ -36,7 +36,16 @@ $(SYSTEM_STAMP): | $(STAMP)
 	else echo "warning: not root or no apt-get: install iverilog and chromium yourself; tests needing them will skip" >&2; fi
 	touch $(SYSTEM_STAMP)
 
+# The main job: an IB-FT search on the real SmolLM2-135M-Instruct, offline; prints the Pareto front,
+# then writes the report and prints its path. Each run gets its own RUN_DIR, so `make demo` can be rerun.
 demo: $(STAMP) $(SYSTEM_STAMP)
+	@run=demo-$$(date +%Y%m%d-%H%M%S); set -e; \
+	  $(VENV)/bin/ibft tune $(DEMO_SPACE) --storage-path runs --name $$run; \
+	  $(VENV)/bin/ibft report runs/$$run >/dev/null; \
+	  echo "demo report: $$(pwd)/runs/$$run/report/index.html"
+
+# One IB-FT training run (no Ray) on the real model: the single-trial path of the search.
+demo-train: $(STAMP)
 	$(VENV)/bin/ibft train --config configs/train-smollm2.yaml --output-dir runs/demo-train
 
 test: $(STAMP) $(SYSTEM_STAMP)

@@ -121,7 +121,7 @@ def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from search.asha import LoggedASHA
+    from search.asha import make_scheduler
     from search.optuna_bridge import PrunedAwareOptunaSearch
     from trainables import tune_trainable
 
@@ -140,14 +140,7 @@ def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
         f"sqlite:///{(run_dir / OPTUNA_DB).resolve()}", engine_kwargs={"connect_args": {"timeout": 60}}
     )
     searcher = PrunedAwareOptunaSearch(space, sampler=_sampler(space), storage=storage, study_name=space.name)
-    scheduler = LoggedASHA(
-        metric=space.asha.metric,
-        mode=space.asha.mode,
-        num_rungs=space.num_rungs,
-        grace_period=space.asha.grace_period,
-        reduction_factor=space.asha.reduction_factor,
-        tie_break=space.asha.tie_break,
-    )
+    scheduler = make_scheduler(space)
     from search.pg_reaper import PlacementGroupReaper
 
     callbacks: list = [PlacementGroupReaper()]
@@ -232,4 +225,14 @@ def run_search(space: SearchSpace, run_dir: Path, *, resume: bool, address: Opti
         state = trial_row(r, num_rungs=space.num_rungs, objectives=[o.metric for o in space.objectives])["state"]
         states[state] = states.get(state, 0) + 1
     interrupted = bool(states.get("UNFINISHED")) or len(records) < space.num_samples
+    # Release the Tuner (and its W&B callback) while ray is still importable: left to interpreter
+    # shutdown, the callback's __del__ finds the ray module gone and prints a traceback.
+    del tuner, result_grid
+    import gc
+
+    gc.collect()
+    import ray
+
+    # Disconnect (and stop a local cluster) now, so the trials' last log lines come before the front.
+    ray.shutdown()
     return SearchOutcome(run_dir=str(run_dir), name=space.name, states=states, interrupted=interrupted, pareto=front)

@@ -192,8 +192,8 @@ def test_report_of_a_finished_run_renders_in_chromium(tmp_path):
     run_dir = fixture.write_run(tmp_path / "runs")
     write_report(run_dir, png=False)
     seen = assert_renders(run_dir / "report", tmp_path)
-    assert [p["id"] for p in seen["plots"]] == ["pareto", "generalisation", "hypervolume", "importance", "parallel",
-                                                 "losses", "rungs"]
+    assert [p["id"] for p in seen["plots"]] == ["pareto", "generalisation", "memorization", "hypervolume",
+                                                 "importance", "parallel", "losses", "rungs"]
 
 
 @needs_chromium
@@ -217,20 +217,15 @@ def test_pareto_png_is_rendered_by_kaleido(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 @needs_chromium
-def test_report_of_a_real_smoke_search(tmp_path):
-    storage = tmp_path / "runs"
-    proc = subprocess.run(
-        [sys.executable, "-m", "search", "tune", str(REPO / "spaces" / "smoke.yaml"), "--storage-path", str(storage)],
-        capture_output=True, text=True, timeout=1500, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = storage / "smoke"
+def test_report_of_a_real_smoke_search(smoke_run, tmp_path):
+    assert smoke_run["code"] == 0, smoke_run["err"][-3000:]
+    run_dir = smoke_run["run_dir"]
     report = subprocess.run([sys.executable, "-m", "search", "report", str(run_dir)], capture_output=True, text=True,
                             timeout=300, cwd=REPO)
     assert report.returncode == 0, report.stderr
     result = json.loads(report.stdout)
     assert result["finished"] and "png" in result and result["states"]["COMPLETE"] >= 1
-    tune_summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    tune_summary = json.loads(smoke_run["out"].strip().splitlines()[-1])
     assert sorted(result["front"]) == sorted(f"#{t['optuna_trial']}" for t in tune_summary["pareto"])
     seen = assert_renders(run_dir / "report", tmp_path)
     assert {"pareto", "hypervolume", "losses", "rungs"} <= {p["id"] for p in seen["plots"]}

@@ -1,7 +1,7 @@
 """End to end on a real local Ray cluster: the smoke space searched with Ray Train + Tune + Optuna + ASHA.
 
-One search (module fixture) answers most questions; it includes a trial forced to a NaN loss. A second
-search is SIGKILLed mid-way and resumed. Each takes a few minutes on 2 CPU cores.
+One search (the session fixture `smoke_run` of conftest.py, shared with the report's browser test) answers
+most questions; it includes a trial forced to a NaN loss. A second search is SIGKILLed mid-way and resumed. Each takes a few minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -9,68 +9,22 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 from search.results import read_trials_csv
 
-ROOT = Path(__file__).resolve().parents[1]
+from smoke_search import NAN_TRIAL, finish_tune, kill_group, smoke_space_file, start_tune
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
-NAN_TRIAL = 4
-
-
-def _space_file(tmp: Path, **changes) -> Path:
-    data = yaml.safe_load((ROOT / "spaces" / "smoke.yaml").read_text())
-    data.update(changes)
-    path = tmp / "space.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def _tune(args: list[str], **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "search", "tune", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group: the test can clean up the Ray processes it starts
-        **kw,
-    )
-
-
-def _finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        _kill_group(proc)
-    return proc.returncode, out, err
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _study(run_dir: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir / 'optuna.db'}")
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("smoke")
-    space = _space_file(tmp, num_samples=5, faults={"nan_at_step": 1, "trials": [NAN_TRIAL]})
-    proc = _tune([str(space), "--name", "smoke", "--storage-path", str(tmp / "runs")])
-    code, out, err = _finish(proc, timeout=1500)
-    return {"code": code, "out": out, "err": err, "run_dir": tmp / "runs" / "smoke"}
 
 
 def test_search_finishes_and_prints_the_front(smoke_run):
@@ -133,9 +87,9 @@ def test_pareto_json_is_the_non_dominated_set_of_trials_csv(smoke_run):
 
 
 def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path):
-    space = _space_file(tmp_path, num_samples=4)
+    space = smoke_space_file(tmp_path, num_samples=4)
     run_dir = tmp_path / "runs" / "killed"
-    proc = _tune([str(space), "--name", "killed", "--storage-path", str(tmp_path / "runs")])
+    proc = start_tune([str(space), "--name", "killed", "--storage-path", str(tmp_path / "runs")])
     db = run_dir / "optuna.db"
     before: dict[int, tuple] = {}
     deadline = time.time() + 900
@@ -149,12 +103,12 @@ def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)  # the driver only, mid-search
         proc.wait(timeout=60)
     finally:
-        _kill_group(proc)  # then the Ray processes it had started
+        kill_group(proc)  # then the Ray processes it had started
     before = _finished_trials(db)
     assert before
 
-    resumed = _tune(["--resume", str(run_dir)])
-    code, out, err = _finish(resumed, timeout=1500)
+    resumed = start_tune(["--resume", str(run_dir)])
+    code, out, err = finish_tune(resumed, timeout=1500)
     assert code == 0, err[-3000:]
     trials = _study(run_dir, "killed").get_trials(deepcopy=False)
     assert len(trials) == 4  # nothing asked twice
