@@ -62,10 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if module is None:
         print(f"ibft {args.verb}: not built yet in this version of ibft-search", file=sys.stderr)
         return 2
+    from trainables.cli_output import results_only_on_stdout
     from trainables.errors import ConfigError
 
     try:
-        return int(module.run(args) or 0)
+        with results_only_on_stdout():
+            return int(module.run(args) or 0)
     except ConfigError as e:
         print(f"ibft {args.verb}: error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Optional
 
 from search.optuna_bridge import COMPLETE, FAIL, OPTUNA_NUMBER_KEY, PRUNED, ROLE_KEY, RUNG_KEY, trial_outcome
 from search.pareto import non_dominated
+from search.table_cells import parse_cell
 
 TRIALS_CSV = "trials.csv"
 PARETO_JSON = "pareto.json"
@@ -84,20 +85,9 @@ def read_trials_csv(path: Path) -> list[dict[str, Any]]:
     """Rows of a trials.csv with numbers parsed back (empty cells become None)."""
     with Path(path).open(newline="") as f:
         return [
-            {k: (v or None) if k in TEXT_COLUMNS else _parse_cell(v) for k, v in row.items()}
+            {k: (v or None) if k in TEXT_COLUMNS else parse_cell(v) for k, v in row.items()}
             for row in csv.DictReader(f)
         ]
-
-
-def _parse_cell(text: str) -> Any:
-    if text == "":
-        return None
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return text
 
 
 def pareto_front(rows: Iterable[dict[str, Any]], objectives: list[dict[str, str]]) -> list[dict[str, Any]]:

@@ -49,3 +49,17 @@ def test_unknown_subcommand_is_one_line_exit_2():
 def test_no_subcommand_prints_help_and_exits_2(capsys):
     assert main([]) == 2
     assert "COMMAND" in capsys.readouterr().out
+
+
+def test_library_prints_during_a_verb_go_to_stderr_and_only_the_result_to_stdout(capsys):
+    # DeepSpeed logs "Setting accelerator to CPU" with print-like handlers on stdout while it is imported.
+    import json
+
+    from trainables.cli_output import emit_result, results_only_on_stdout
+
+    with results_only_on_stdout():
+        print("[WARNING] [real_accelerator.py] Setting accelerator to CPU")
+        emit_result({"pass@1": 0.5}, indent=2)
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"pass@1": 0.5}
+    assert "Setting accelerator" in captured.err

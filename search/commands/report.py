@@ -7,8 +7,9 @@ trial); prints where they are as JSON on stdout. Imports neither torch nor ray: 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from trainables.cli_output import emit_result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,5 +26,5 @@ def run(args: argparse.Namespace) -> int:
     if "png_error" in result:
         print(f"ibft report: warning: pareto.png not written ({result['png_error']})", file=sys.stderr)
     print(f"ibft report: open {result['html']}", file=sys.stderr)
-    print(json.dumps(result))
+    emit_result(result)
     return 0

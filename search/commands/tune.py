@@ -7,11 +7,11 @@ run's JSON summary on stdout. Ctrl-C stops cleanly: the run can be continued wit
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
 
+from trainables.cli_output import emit_result
 from trainables.errors import ConfigError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     outcome = run_search(space, run_dir, resume=resume, address=args.address)
     objectives = [o.metric for o in space.objectives]
     print_front(outcome["pareto"], objectives)
-    print(json.dumps(outcome, default=str))
+    emit_result(outcome)
     if outcome["interrupted"]:
         print(f"ibft tune: interrupted; continue with: ibft tune --resume {run_dir}", file=sys.stderr)
         return 130

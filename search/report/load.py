@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from search.table_cells import parse_cell
 from trainables.errors import ConfigError
 
 COMPLETE, PRUNED, ERROR, UNFINISHED = "COMPLETE", "PRUNED", "ERROR", "UNFINISHED"
@@ -281,21 +282,10 @@ def _read_trials_csv(path: Path, notes: list[str]) -> list[dict[str, Any]]:
         return []
     try:
         with path.open(newline="") as f:
-            return [{k: _parse_cell(v) for k, v in row.items() if k} for row in csv.DictReader(f)]
+            return [{k: parse_cell(v) for k, v in row.items() if k} for row in csv.DictReader(f)]
     except (OSError, csv.Error, UnicodeDecodeError) as e:
         notes.append(f"trials.csv unreadable ({e})")
         return []
-
-
-def _parse_cell(text: Optional[str]) -> Any:
-    if text is None or text == "":
-        return None
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return text
 
 
 def _open_study(run_dir: Path, notes: list[str]) -> Any:

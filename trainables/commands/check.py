@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from trainables.cli_output import emit_result
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -67,5 +69,5 @@ def run(args: argparse.Namespace) -> int:
     summary["isolation"] = {k: v for k, v in isolation.items() if k in ("network", "filesystem", "user", "weaknesses")}
     for name, reason in summary.get("not_computed", {}).items():
         print(f"ibft check: {name} not computed: {reason}", file=sys.stderr)
-    print(json.dumps(summary, indent=2))
+    emit_result(summary, indent=2)
     return 0

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from trainables.cli_output import emit_result
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         f.write("\n")
     for name, reason in summary.get("not_computed", {}).items():
         print(f"ibft eval: {name} not computed: {reason}", file=sys.stderr)
-    print(json.dumps(summary, indent=2))
+    emit_result(summary, indent=2)
     return 0
 
 

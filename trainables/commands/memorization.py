@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from trainables.cli_output import emit_result
 from trainables.errors import ConfigError
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         except PlotError as e:
             print(f"ibft memorization: {e}; scores.jsonl and geometry.json were written", file=sys.stderr)
             status = 1
-    print(json.dumps(summary, indent=2))
+    emit_result(summary, indent=2)
     return status
 
 

@@ -6,12 +6,12 @@ is cfg.output_dir. torch is imported only inside run(), so `ibft train --help` s
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from trainables.cli_output import emit_result
 from trainables.errors import ConfigError
 
 FLAG_FIELDS: dict[str, str] = {
@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if bar is not None:
         bar.close()
-    print(json.dumps(summary, indent=2))
+    emit_result(summary, indent=2)
     return 0
 
 
