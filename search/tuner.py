@@ -77,7 +77,9 @@ def _connect(address: Optional[str]) -> None:
     if ray.is_initialized():
         return
     ray.init(
-        address=address,
+        # "local" always starts a private cluster: plain None would join any `ray start` cluster on
+        # the machine, and a search without --address must not land on someone else's cluster.
+        address=address or "local",
         runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENV}},
         log_to_driver=True,
         logging_level="WARNING",
