@@ -6,6 +6,7 @@ most questions; it includes a trial forced to a NaN loss. A second search is SIG
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -67,6 +68,8 @@ def test_trials_csv_matches_the_study(smoke_run):
         if row["state"] == "COMPLETE":
             assert [row["val/pass@1"], row["val/pass@2(2)"]] == trial.values
             assert row["last_rung"] == 2 and row["checkpoint_path"]
+            # spaces/smoke.yaml asks for the memorization gap of every finished trial.
+            assert math.isfinite(row["memorization/gap"]) and 0 < row["memorization/n_scored"] <= 32
     nan_row = next(r for r in rows if r["optuna_trial"] == NAN_TRIAL)
     assert "non-finite" in nan_row["error"]
 
