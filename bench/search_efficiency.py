@@ -5,25 +5,35 @@ stopping (spaces/smollm2-grid.yaml; bench/record_curves.py wrote bench/data/smol
 commands that produced it). Every replayed trial of a configuration sees exactly the recorded per-rung
 results of that configuration (same seed in the product: a rerun reproduces them).
 
+The configurations: every distinct recorded one with all rungs. The searched grid is the `search` trials'
+(the parameters that vary among them, as categorical choices); the preset trials every product search
+starts with (plain-LoRA baseline, alpha = 0, outside the grid; the paper's setting, which may coincide with
+a grid point) are run first by every method, as the product does (--no-presets leaves the presets that are
+not grid points out).
+
 Methods, each spending the same currency, trial-steps (optimizer steps summed over trials; a trial stopped
 after r rungs costs r * rung_steps), with the recording's max_concurrent trials running side by side (rungs
-of equal duration, so trials advance in lockstep and report in worker order):
+of equal duration, so trials advance in lockstep and report in worker order; what completes in a round is
+counted once the whole round is spent):
 - asha+tpe: the product's search. Optuna TPESampler(multivariate, group, constant_liar, seeded) on both
-  objectives, the parameters restricted to the recorded grid as categorical choices; Ray's own ASHA bracket
-  (ray.tune.schedulers.async_hyperband._Bracket, as search.asha.LoggedASHA drives it: grace period and
-  reduction factor of the recorded space, asynchronous promotion: at each milestone rung a trial goes on when
-  its value is not below the (1 - 1/rf) percentile of the values recorded at that rung so far) ranking by
-  search.asha.ranking_value (ties broken by the rung's train CE); stopped trials are told to Optuna as
-  PRUNED, trials that reach the last rung as COMPLETE with their final values.
-- random: configurations drawn uniformly (with replacement, as Optuna's RandomSampler does), full budget each.
+  objectives, the parameters restricted to the recorded grid as categorical choices, the presets enqueued as
+  search.optuna_bridge does (the baseline without parameters, the paper trial with those inside the grid);
+  Ray's own ASHA bracket (ray.tune.schedulers.async_hyperband._Bracket, as search.asha.LoggedASHA drives it:
+  grace period and reduction factor of the recorded space, asynchronous promotion: at each milestone rung a
+  trial goes on unless its value is below the (1 - 1/rf) percentile of the values recorded at that rung so
+  far) ranking by search.asha.ranking_value (ties broken by the rung's train CE); stopped trials are told to
+  Optuna as PRUNED, trials that reach the last rung as COMPLETE with their final values. The sampler may
+  propose a configuration again; it is run (and paid for) again, as the product would.
+- random: grid configurations drawn uniformly (with replacement, as Optuna's RandomSampler does), full
+  budget each.
 - grid: every configuration once in a fixed order (the product of the choices, in the order the parameters
   and their sorted values appear), full budget each; the same in every seed.
 Hypervolume (search.pareto.hypervolume, Optuna's exact algorithm) of the final validation objectives of the
 trials that completed by a given spend, reference point 0 on every objective, divided by the hypervolume of
-the whole grid (every configuration at full budget). The grid's full budget is
-configurations x max_steps trial-steps; the headline is the mean ratio at one third of it (target >= 0.95).
+every configuration at full budget. The full budget is configurations x max_steps trial-steps (what the grid
+method spends); the headline is the mean ratio at one third of it (target >= 0.95).
 
-Usage: python bench/search_efficiency.py [--curves bench/data/smollm2_curves.json] [--seeds 50]
+Usage: python bench/search_efficiency.py [--curves bench/data/smollm2_curves.json] [--seeds 50] [--no-presets]
 Always exits 0 when the data loads; prints PASS/MISS for the target.
 """
 from __future__ import annotations
@@ -56,11 +66,13 @@ COMPLETE, PRUNED, FAIL = "COMPLETE", "PRUNED", "FAIL"
 
 @dataclass
 class Config:
-    """One grid configuration and its recorded curve."""
+    """One distinct configuration and its recorded curve."""
 
     params: dict[str, Any]
     rungs: list[dict[str, Any]]
     """Per rung (1-based order): the reported metrics (val/..., train/ce_loss_rung...)."""
+    roles: list[str] = field(default_factory=list)
+    """Roles of the recorded trials that ran it ("baseline", "paper", "search")."""
 
     def point(self, objectives: list[str]) -> tuple[float, ...]:
         return tuple(float(self.rungs[-1][m]) for m in objectives)
@@ -79,18 +91,25 @@ class Curves:
     num_rungs: int
     max_concurrent: int
     configs: list[Config]
-    """The grid: distinct configurations with every rung recorded."""
+    """Every distinct configuration with all rungs recorded."""
+    presets: list[tuple[str, int]]
+    """(role, config index) of the preset trials, in the order the product runs them (baseline, paper)."""
     names: list[str]
-    """Parameters that vary across the grid (the searched ones), in PARAM_NAMES order."""
+    """Parameters that vary across the searched grid, in PARAM_NAMES order."""
     domains: dict[str, list[Any]]
     """Sorted values of each searched parameter."""
     index: dict[tuple, int] = field(default_factory=dict)
-    """Values of the searched parameters -> config index."""
-    skipped: list[str] = field(default_factory=list)
-    """Recorded trials left out of the grid, and why."""
+    """Values of the searched parameters -> config index (the grid points)."""
+    notes: list[str] = field(default_factory=list)
+    """Recorded trials merged or left out, and why."""
 
     def key(self, params: dict[str, Any]) -> tuple:
         return tuple(params.get(n) for n in self.names)
+
+    @property
+    def grid(self) -> list[int]:
+        """Config indices of the grid points."""
+        return sorted(set(self.index.values()))
 
     @property
     def full_budget(self) -> int:
@@ -101,39 +120,56 @@ def _sort_values(values: list[Any]) -> list[Any]:
     return sorted(values, key=lambda v: (isinstance(v, str), v))
 
 
-def load_curves(path: Path) -> Curves:
-    """Read a curves file (bench/record_curves.py's format); the grid is its `search` trials with full curves."""
+def _fingerprint(params: dict[str, Any]) -> str:
+    return json.dumps([{k: params.get(k) for k in PARAM_NAMES}, params.get("prior_options") or {}], sort_keys=True)
+
+
+def load_curves(path: Path, *, presets: bool = True) -> Curves:
+    """Read a curves file (bench/record_curves.py's format). Trials with the same parameters are one
+    configuration (the first recording is kept); presets=False drops the preset-only configurations."""
     doc = json.loads(Path(path).read_text())
     num_rungs = int(doc["num_rungs"])
     objectives = [o["metric"] for o in doc["objectives"]]
     modes = [o.get("mode", "max") for o in doc["objectives"]]
-    skipped: list[str] = []
-    roles = {c.get("role", "search") for c in doc["configs"]}
+    notes: list[str] = []
     configs: list[Config] = []
-    seen: set[str] = set()
+    by_fingerprint: dict[str, int] = {}
     for c in doc["configs"]:
-        label = f"trial {c.get('trial')} ({c.get('role', 'search')})"
-        if "search" in roles and c.get("role", "search") != "search":
-            skipped.append(f"{label}: preset trial, not a grid point")
-            continue
+        role = c.get("role") or "search"
+        label = f"trial {c.get('trial')} ({role})"
         rungs = sorted(c["rungs"], key=lambda r: r["rung"])
         if [r["rung"] for r in rungs] != list(range(1, num_rungs + 1)):
-            skipped.append(f"{label}: {len(rungs)} of {num_rungs} rungs recorded")
+            notes.append(f"{label}: left out, {len(rungs)} of {num_rungs} rungs recorded")
             continue
         if not all(isinstance(rungs[-1].get(m), (int, float)) and math.isfinite(rungs[-1][m]) for m in objectives):
-            skipped.append(f"{label}: objectives missing at the last rung")
+            notes.append(f"{label}: left out, objectives missing at the last rung")
             continue
         params = {k: c["params"].get(k) for k in PARAM_NAMES}
-        fingerprint = json.dumps([params, c["params"].get("prior_options") or {}], sort_keys=True)
-        if fingerprint in seen:
-            skipped.append(f"{label}: repeats an earlier configuration")
+        if c["params"].get("prior_options"):
+            params["prior_options"] = c["params"]["prior_options"]
+        fp = _fingerprint(params)
+        if fp in by_fingerprint:
+            first = configs[by_fingerprint[fp]]
+            same = first.point(objectives) == tuple(float(rungs[-1][m]) for m in objectives)
+            notes.append(
+                f"{label}: same parameters as the {'/'.join(first.roles)} trial recorded before; "
+                f"{'identical' if same else 'different'} final values ({', '.join(f'{v:g}' for v in (rungs[-1][m] for m in objectives))}), "
+                f"the first recording is used"
+            )
+            first.roles.append(role)
             continue
-        seen.add(fingerprint)
-        configs.append(Config(params=params, rungs=rungs))
+        by_fingerprint[fp] = len(configs)
+        configs.append(Config(params=params, rungs=rungs, roles=[role]))
     if not configs:
         raise ValueError(f"{path}: no configuration with all {num_rungs} rungs recorded")
-    names = [n for n in PARAM_NAMES if len({json.dumps(c.params[n]) for c in configs}) > 1]
-    domains = {n: _sort_values(list({json.dumps(c.params[n]): c.params[n] for c in configs}.values())) for n in names}
+    searched = [c for c in configs if "search" in c.roles] or configs
+    if not presets and searched is not configs:
+        for c in configs:
+            if c not in searched:
+                notes.append(f"{'/'.join(c.roles)} configuration left out (no presets)")
+        configs = searched
+    names = [n for n in PARAM_NAMES if len({json.dumps(c.params[n]) for c in searched}) > 1]
+    domains = {n: _sort_values(list({json.dumps(c.params[n]): c.params[n] for c in searched}.values())) for n in names}
     curves = Curves(
         path=Path(path),
         space=str(doc.get("space")),
@@ -144,11 +180,15 @@ def load_curves(path: Path) -> Curves:
         num_rungs=num_rungs,
         max_concurrent=int(doc.get("max_concurrent") or 1),
         configs=configs,
+        presets=[],
         names=names,
         domains=domains,
-        skipped=skipped,
+        notes=notes,
     )
-    curves.index = {curves.key(c.params): i for i, c in enumerate(configs)}
+    curves.index = {curves.key(c.params): i for i, c in enumerate(configs) if c in searched}
+    if presets:
+        for role in ("baseline", "paper"):
+            curves.presets += [(role, i) for i, c in enumerate(configs) if role in c.roles][:1]
     return curves
 
 
@@ -156,45 +196,48 @@ def load_curves(path: Path) -> Curves:
 
 
 class Proposer(Protocol):
-    def ask(self) -> tuple[Any, int]: ...
+    def ask(self) -> Optional[tuple[Any, int]]:
+        """(handle told back, config index) of the next trial, or None when the search has no more."""
 
     def tell(self, handle: Any, state: str, values: Optional[list[float]]) -> None: ...
 
 
 class FixedOrder:
-    """Configurations in a given order, cycling when the list is exhausted."""
+    """Configurations in a given order, each once; then no more (the search ends)."""
 
     def __init__(self, order: list[int]) -> None:
-        self._order = order
-        self._i = 0
+        self._order = list(order)
 
-    def ask(self) -> tuple[Any, int]:
-        idx = self._order[self._i % len(self._order)]
-        self._i += 1
-        return None, idx
+    def ask(self) -> Optional[tuple[Any, int]]:
+        return (None, self._order.pop(0)) if self._order else None
 
     def tell(self, handle: Any, state: str, values: Optional[list[float]]) -> None:
         pass
 
 
 class UniformRandom:
-    """Uniform draws over the grid, with replacement (Optuna's RandomSampler on categorical choices)."""
+    """The presets, then uniform draws over the grid points, with replacement (Optuna's RandomSampler on
+    categorical choices over a full grid)."""
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, curves: Curves, seed: int) -> None:
         import random
 
-        self._n = n
+        self._presets = [i for _, i in curves.presets]
+        self._grid = curves.grid
         self._rng = random.Random(seed)
 
     def ask(self) -> tuple[Any, int]:
-        return None, self._rng.randrange(self._n)
+        if self._presets:
+            return None, self._presets.pop(0)
+        return None, self._grid[self._rng.randrange(len(self._grid))]
 
     def tell(self, handle: Any, state: str, values: Optional[list[float]]) -> None:
         pass
 
 
 class OptunaTPE:
-    """The product's sampler (search.tuner._sampler, sampler "tpe") on the grid's categorical choices."""
+    """The product's sampler (search.tuner._sampler, sampler "tpe") on the grid's categorical choices, with the
+    presets enqueued as search.optuna_bridge.PrunedAwareOptunaSearch enqueues them."""
 
     def __init__(self, curves: Curves, seed: int) -> None:
         import optuna
@@ -206,9 +249,22 @@ class OptunaTPE:
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
         directions = ["maximize" if m == "max" else "minimize" for m in curves.modes]
         self.study = optuna.create_study(directions=directions, sampler=sampler)
+        self._queue: list[tuple[int, list[str]]] = []
+        for role, idx in curves.presets:
+            params = curves.configs[idx].params
+            # The baseline is enqueued without parameters; the paper trial with those inside the searched domains.
+            fixed = [] if role == "baseline" else [n for n in curves.names if params.get(n) in curves.domains[n]]
+            self.study.enqueue_trial({n: params[n] for n in fixed}, user_attrs={"role": role})
+            self._queue.append((idx, fixed))
         self.missing = 0
 
     def ask(self) -> tuple[Any, int]:
+        if self._queue:
+            idx, fixed = self._queue.pop(0)
+            trial = self.study.ask()
+            for n in fixed:
+                trial.suggest_categorical(n, self._curves.domains[n])
+            return trial, idx
         for _ in range(1000):
             trial = self.study.ask()
             params = {n: trial.suggest_categorical(n, self._curves.domains[n]) for n in self._curves.names}
@@ -229,9 +285,12 @@ class OptunaTPE:
 
 
 def grid_order(curves: Curves) -> list[int]:
-    """The fixed grid order: itertools.product of the sorted choices, parameters in PARAM_NAMES order."""
-    order = [curves.index[key] for key in itertools.product(*(curves.domains[n] for n in curves.names)) if key in curves.index]
-    return order + [i for i in range(len(curves.configs)) if i not in order]
+    """The fixed grid order: the presets, then itertools.product of the sorted choices (parameters in
+    PARAM_NAMES order), then any other configuration; each configuration once."""
+    order = [i for _, i in curves.presets]
+    order += [curves.index[k] for k in itertools.product(*(curves.domains[n] for n in curves.names)) if k in curves.index]
+    order += range(len(curves.configs))
+    return list(dict.fromkeys(order))
 
 
 # ---- the replay ----------------------------------------------------------------------------------------------
@@ -274,12 +333,19 @@ def simulate(curves: Curves, proposer: Proposer, budget: int, *, asha: bool, con
     trials: list[dict[str, Any]] = []
     completions: list[tuple[int, tuple[float, ...]]] = []
     spent = 0
+    exhausted = False
     while spent < budget:
         for w in range(concurrency):
-            if workers[w] is None:
-                handle, idx = proposer.ask()
+            if workers[w] is None and not exhausted:
+                asked = proposer.ask()
+                if asked is None:
+                    exhausted = True
+                    continue
+                handle, idx = asked
                 workers[w] = {"handle": handle, "config": idx, "rungs": 0, "state": "RUNNING", "id": f"t{len(trials)}"}
                 trials.append(workers[w])  # type: ignore[arg-type]
+        if all(t is None for t in workers):
+            break
         done_this_round: list[tuple[float, ...]] = []
         for w in range(concurrency):
             t = workers[w]
@@ -322,97 +388,140 @@ def hv_at(replay: Replay, budget: float, curves: Curves) -> float:
 # ---- the report ---------------------------------------------------------------------------------------------
 
 
-def _fmt_params(curves: Curves, params: dict[str, Any]) -> str:
-    return " ".join(f"{n}={params[n]}" for n in curves.names) or "(one configuration)"
+def _fmt_params(curves: Curves, config: Config) -> str:
+    shown = [n for n in PARAM_NAMES if n in curves.names or (n == "alpha" and "search" not in config.roles)]
+    text = " ".join(f"{n}={config.params[n]}" for n in shown) or "(one configuration)"
+    presets = [r for r in config.roles if r != "search"]
+    return text + (f" [{'/'.join(presets)}]" if presets else "")
 
 
-def run(curves_path: Path, seeds: int, concurrency: Optional[int]) -> int:
+@dataclass
+class Outcome:
+    """Mean hypervolume ratios of every method over the seeds."""
+
+    budgets: list[float]
+    table: dict[str, list[float]]
+    """method -> mean HV / full HV at each budget."""
+    third: dict[str, float]
+    """method -> mean HV / full HV at one third of the full budget."""
+    hit: float
+    """Share of asha+tpe seeds at or above the target at one third."""
+    asha_stats: dict[str, float]
+    """asha+tpe per seed: trials started, stopped, completed, distinct configurations completed."""
+
+
+METHODS = ("asha+tpe", "random", "grid")
+
+
+def replay_all(curves: Curves, seeds: int, concurrency: int, full_hv: float) -> Outcome:
+    """Every method over `seeds` seeds, up to the full budget."""
+    full_budget = curves.full_budget
+    budgets = [full_budget * k / BUDGET_POINTS for k in range(1, BUDGET_POINTS + 1)]
+    third = full_budget / 3
+    table = {m: [0.0] * len(budgets) for m in METHODS}
+    at_third = {m: [0.0] * seeds for m in METHODS}
+    stats = {"trials": 0.0, "pruned": 0.0, "completed": 0.0, "distinct": 0.0, "missing": 0.0}
+    grid_replay = simulate(curves, FixedOrder(grid_order(curves)), full_budget, asha=False, concurrency=concurrency)
+    for seed in range(seeds):
+        tpe = OptunaTPE(curves, seed)
+        replays = {
+            "asha+tpe": simulate(curves, tpe, full_budget, asha=True, concurrency=concurrency),
+            "random": simulate(curves, UniformRandom(curves, seed), full_budget, asha=False, concurrency=concurrency),
+            "grid": grid_replay,
+        }
+        for m, rp in replays.items():
+            for j, b in enumerate(budgets):
+                table[m][j] += hv_at(rp, b, curves) / full_hv / seeds
+            at_third[m][seed] = hv_at(rp, third, curves) / full_hv
+        run_trials = [t for t in replays["asha+tpe"].trials if t["rungs"]]
+        stats["trials"] += len(run_trials) / seeds
+        stats["pruned"] += sum(t["state"] == PRUNED for t in run_trials) / seeds
+        stats["completed"] += sum(t["state"] == COMPLETE for t in run_trials) / seeds
+        stats["distinct"] += len({t["config"] for t in run_trials if t["state"] == COMPLETE}) / seeds
+        stats["missing"] += tpe.missing / seeds
+    return Outcome(
+        budgets=budgets,
+        table=table,
+        third={m: sum(v) / seeds for m, v in at_third.items()},
+        hit=sum(v >= TARGET for v in at_third["asha+tpe"]) / seeds,
+        asha_stats=stats,
+    )
+
+
+def _ratio_line(prefix: str, curves: Curves, seeds: int, out: Outcome) -> str:
+    verdict = "PASS" if out.third["asha+tpe"] >= TARGET else "MISS"
+    return (
+        f"{prefix} ({curves.full_budget / 3:.0f} of {curves.full_budget} trial-steps), mean HV / full HV over "
+        f"{seeds} seeds: asha+tpe {out.third['asha+tpe']:.3f} (target >= {TARGET}: {verdict}; {out.hit:.0%} of "
+        f"seeds >= {TARGET}), random {out.third['random']:.3f}, grid {out.third['grid']:.3f}"
+    )
+
+
+def _print_table(curves: Curves, seeds: int, out: Outcome, title: str) -> None:
+    print()
+    print(f"{title}hypervolume reached / full hypervolume, mean over {seeds} seeds (grid: one fixed order)")
+    print(f"{'trial-steps':>11} {'of full':>7} " + " ".join(f"{m:>9}" for m in METHODS))
+    for j, b in enumerate(out.budgets):
+        print(f"{b:>11g} {b / curves.full_budget:>7.0%} " + " ".join(f"{out.table[m][j]:>9.3f}" for m in METHODS))
+    st = out.asha_stats
+    print(
+        f"asha+tpe per seed up to the full budget: {st['trials']:.1f} trials run, {st['pruned']:.1f} stopped by ASHA, "
+        f"{st['completed']:.1f} completed ({st['distinct']:.1f} distinct configurations)"
+        + (f"; {st['missing']:.1f} proposals outside the recording" if st["missing"] else "")
+    )
+
+
+def run(curves_path: Path, seeds: int, concurrency: Optional[int], presets: bool = True) -> int:
     t0 = time.perf_counter()
     from search.pareto import hypervolume, non_dominated
 
-    curves = load_curves(curves_path)
+    curves = load_curves(curves_path, presets=presets)
     conc = concurrency or curves.max_concurrent
-    n = len(curves.configs)
-    full_budget = curves.full_budget
-    third = full_budget / 3
     points = [c.point(curves.objectives) for c in curves.configs]
-    ref = [0.0] * len(curves.modes)
-    full_hv = hypervolume(points, curves.modes, ref)
+    full_hv = hypervolume(points, curves.modes, [0.0] * len(curves.modes))
     front = set(non_dominated(points, curves.modes))
 
     print(f"data: {curves.path} (space {curves.space})")
+    searched = ", ".join(f"{k} {v}" for k, v in curves.domains.items()) or "nothing"
     print(
-        f"grid: {n} configurations x {curves.num_rungs} rungs of {curves.rung_steps} steps; searched: "
-        f"{', '.join(f'{k} {v}' for k, v in curves.domains.items()) or 'nothing'}"
+        f"{len(curves.configs)} configurations x {curves.num_rungs} rungs of {curves.rung_steps} steps: "
+        f"{len(curves.grid)} grid points (searched: {searched})"
+        + (f" + presets run first: {', '.join(r for r, _ in curves.presets)}" if curves.presets else "; no presets")
     )
-    for note in curves.skipped:
-        print(f"  left out: {note}")
+    for note in curves.notes:
+        print(f"  {note}")
     print(
         f"ASHA: metric {curves.asha['metric']}, grace period {curves.asha['grace_period']}, reduction factor "
         f"{curves.asha['reduction_factor']}, tie break {curves.asha.get('tie_break', 'train_loss')}; "
         f"{conc} trials at a time"
     )
-    obj = " x ".join(curves.objectives)
-    print(f"final validation {obj} per configuration (* = Pareto front):")
     asha_metric = curves.asha["metric"]
+    print(f"final {' x '.join(curves.objectives)} per configuration (* = Pareto front), {asha_metric} per rung:")
     for i, c in enumerate(curves.configs):
         curve = " ".join(f"{r.get(asha_metric, float('nan')):.3f}" for r in c.rungs)
-        print(
-            f"  {'*' if i in front else ' '} {_fmt_params(curves, c.params):<48} "
-            f"{' '.join(f'{v:.3f}' for v in points[i])}   {asha_metric} per rung: {curve}"
-        )
-    print(f"full-grid hypervolume (reference 0): {full_hv:.6g}; full budget {full_budget} trial-steps")
-    if len({p for p in points}) == 1:
+        print(f"  {'*' if i in front else ' '} {_fmt_params(curves, c):<44} {' '.join(f'{v:.3f}' for v in points[i])}   {curve}")
+    print(f"full hypervolume (every configuration, reference 0): {full_hv:.6g}; full budget {curves.full_budget} trial-steps")
+    if len(set(points)) == 1:
         print("the recorded metrics do not discriminate: every configuration ends at the same point")
     if full_hv <= 0:
-        print("full-grid hypervolume is 0 (no configuration is above 0 on every objective): no ratio to report")
+        print("full hypervolume is 0 (no configuration is above 0 on every objective): no ratio to report")
         return 0
 
-    budgets = [full_budget * k / BUDGET_POINTS for k in range(1, BUDGET_POINTS + 1)]
-    methods = ("asha+tpe", "random", "grid")
-    table = {m: [[0.0] * len(budgets) for _ in range(seeds)] for m in methods}
-    at_third = {m: [0.0] * seeds for m in methods}
-    asha_stats = {"trials": 0, "pruned": 0, "completed": 0, "distinct": 0, "missing": 0}
-    grid_replay = simulate(curves, FixedOrder(grid_order(curves)), full_budget, asha=False, concurrency=conc)
-    for seed in range(seeds):
-        tpe = OptunaTPE(curves, seed)
-        replays = {
-            "asha+tpe": simulate(curves, tpe, full_budget, asha=True, concurrency=conc),
-            "random": simulate(curves, UniformRandom(n, seed), full_budget, asha=False, concurrency=conc),
-            "grid": grid_replay,
-        }
-        for m, rp in replays.items():
-            table[m][seed] = [hv_at(rp, b, curves) / full_hv for b in budgets]
-            at_third[m][seed] = hv_at(rp, third, curves) / full_hv
-        rp = replays["asha+tpe"]
-        within = [t for t in rp.trials if t["state"] != "RUNNING" or t["rungs"]]
-        asha_stats["trials"] += len(within)
-        asha_stats["pruned"] += sum(t["state"] == PRUNED for t in within)
-        asha_stats["completed"] += sum(t["state"] == COMPLETE for t in within)
-        asha_stats["distinct"] += len({t["config"] for t in within if t["state"] == COMPLETE})
-        asha_stats["missing"] += tpe.missing
-
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    out = replay_all(curves, seeds, conc, full_hv)
+    _print_table(curves, seeds, out, "")
+    lines = [_ratio_line("ratio at 1/3 budget", curves, seeds, out)]
+    if presets and any(i not in curves.grid for _, i in curves.presets):
+        # The same replay on the grid alone: how the methods compare once the fixed preset trials are left aside.
+        bare = load_curves(curves_path, presets=False)
+        bare_points = [c.point(bare.objectives) for c in bare.configs]
+        bare_hv = hypervolume(bare_points, bare.modes, [0.0] * len(bare.modes))
+        if bare_hv > 0:
+            bare_out = replay_all(bare, seeds, conc, bare_hv)
+            _print_table(bare, seeds, bare_out, f"without the presets (grid points only; full hypervolume {bare_hv:.6g}), ")
+            lines.append(_ratio_line("without the presets (grid points only), ratio at 1/3 budget", bare, seeds, bare_out))
     print()
-    print(f"hypervolume reached / full-grid hypervolume, mean over {seeds} seeds (grid: one fixed order)")
-    print(f"{'trial-steps':>11} {'of full':>7} " + " ".join(f"{m:>9}" for m in methods))
-    for j, b in enumerate(budgets):
-        print(f"{b:>11g} {b / full_budget:>7.0%} " + " ".join(f"{mean([r[j] for r in table[m]]):>9.3f}" for m in methods))
-    print(
-        f"asha+tpe per seed at full budget: {asha_stats['trials'] / seeds:.1f} trials started, "
-        f"{asha_stats['pruned'] / seeds:.1f} stopped by ASHA, {asha_stats['completed'] / seeds:.1f} completed "
-        f"({asha_stats['distinct'] / seeds:.1f} distinct configurations)"
-        + (f"; {asha_stats['missing'] / seeds:.1f} proposals outside the recording" if asha_stats["missing"] else "")
-    )
-    ratio = {m: mean(at_third[m]) for m in methods}
-    hit = sum(v >= TARGET for v in at_third["asha+tpe"]) / seeds
-    verdict = "PASS" if ratio["asha+tpe"] >= TARGET else "MISS"
-    print()
-    print(
-        f"ratio at 1/3 budget ({third:.0f} of {full_budget} trial-steps), mean HV / full HV over {seeds} seeds: "
-        f"asha+tpe {ratio['asha+tpe']:.3f} (target >= {TARGET}: {verdict}; {hit:.0%} of seeds >= {TARGET}), "
-        f"random {ratio['random']:.3f}, grid {ratio['grid']:.3f}"
-    )
+    for line in lines:
+        print(line)
     print(f"seeds: {seeds}; data: {curves.path}; {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -424,11 +533,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--concurrency", type=int, default=None, help="trials at a time (default: the recorded search's max_concurrent)"
     )
+    parser.add_argument(
+        "--no-presets", action="store_true", help="leave out the preset trials (baseline, paper) that are not grid points"
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
     try:
-        return run(args.curves, args.seeds, args.concurrency)
+        return run(args.curves, args.seeds, args.concurrency, presets=not args.no_presets)
     except (OSError, ValueError, KeyError) as e:
         print(f"search_efficiency: {args.curves}: {e}", file=sys.stderr)
         return 2

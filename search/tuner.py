@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+import optuna
 from ray.tune import CLIReporter
 
 from search.space import SearchSpace, load_space
@@ -99,7 +100,20 @@ def _sampler(space: SearchSpace):
     if space.sampler == "random":
         return optuna.samplers.RandomSampler(seed=space.seed)
     grid = {name: list(d.choices or []) for name, d in space.params.domains().items()}
-    return optuna.samplers.GridSampler(grid, seed=space.seed)
+    return _GridSamplerForTune(grid, seed=space.seed)
+
+
+class _GridSamplerForTune(optuna.samplers.GridSampler):
+    """Optuna's grid, minus its end-of-grid study.stop().
+
+    Trials reach the study through Ray's OptunaSearch (ask/tell), not study.optimize, so stop() raises
+    "Study.stop is supposed to be invoked inside an objective function" on the last grid point (Ray then
+    retries that trial), and a preset trial outside the grid can make it look up a missing point. Tune's
+    num_samples already ends the search.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
 
 
 class StderrReporter(CLIReporter):

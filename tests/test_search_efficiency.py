@@ -26,27 +26,32 @@ HAND = [
     ([0.2, 0.2, 0.5], [0.5, 0.4, 0.3], 0.1),  # c2: ties c0 at rung 1 with lower CE -> goes on; 0.2 < 0.3 at rung 2 -> stopped
     ([0.2, 0.5, 0.6], [2.0, 0.4, 0.3], 0.2),  # c3: ties the rung-1 median 0.2 with higher CE -> stopped at rung 1
 ]
+BASELINE = ([0.3, 0.3, 0.3], [0.6, 0.5, 0.4], 0.25)  # alpha = 0, outside the grid; ends dominated by c1
+
+
+def _rungs(p10, ce, p1):
+    return [
+        {"rung": r + 1, "step": 8 * (r + 1), M1: p1 if r == 2 else p1 / 2, M10: min(1.0, p10[r] + 0.3), P: p10[r], CE: ce[r]}
+        for r in range(3)
+    ]
+
+
+def _grid_params(i):
+    return {"alpha": [0.03, 0.3][i % 2], "beta": 0.01, "tap_layer": [10, 20][i // 2], "prior": "standard_normal"}
 
 
 def _fake_curves(path: Path) -> Path:
-    configs = []
-    for i, (p10, ce, p1) in enumerate(HAND):
-        rungs = [
-            {"rung": r + 1, "step": 8 * (r + 1), M1: p1 if r == 2 else p1 / 2, M10: min(1.0, p10[r] + 0.3), P: p10[r], CE: ce[r]}
-            for r in range(3)
-        ]
-        configs.append(
-            {
-                "trial": i,
-                "role": "search",
-                "params": {"alpha": [0.0, 0.1][i % 2], "beta": 0.01, "tap_layer": [10, 20][i // 2], "prior": "standard_normal"},
-                "state": "COMPLETE",
-                "rungs": rungs,
-            }
-        )
-    # A preset trial, recorded but not part of the grid.
-    configs.append({"trial": 9, "role": "paper", "params": {"alpha": 0.5, "beta": 0.02, "tap_layer": 20, "prior": "standard_normal"},
-                    "state": "COMPLETE", "rungs": configs[0]["rungs"]})
+    # Grid c0..c3 = alpha {0.03, 0.3} x tap_layer {10, 20}; then the presets: the baseline (alpha 0) and the
+    # paper trial, whose parameters are grid point c3's (the same curve: a rerun of a configuration).
+    configs = [
+        {"trial": i, "role": "search", "params": _grid_params(i), "state": "COMPLETE", "rungs": _rungs(*HAND[i])}
+        for i in range(4)
+    ]
+    configs.append({"trial": 4, "role": "baseline", "params": {"alpha": 0.0, "beta": 0.0, "tap_layer": 20, "prior": "standard_normal"},
+                    "state": "COMPLETE", "rungs": _rungs(*BASELINE)})
+    configs.append({"trial": 5, "role": "paper", "params": _grid_params(3), "state": "COMPLETE", "rungs": _rungs(*HAND[3])})
+    configs.append({"trial": 6, "role": "search", "params": {**_grid_params(0), "alpha": 0.5}, "state": "PRUNED",
+                    "rungs": _rungs(*HAND[0])[:1]})
     doc = {
         "format": "ibft-search learning curves v1",
         "space": "fake",
@@ -64,12 +69,28 @@ def _fake_curves(path: Path) -> Path:
     return path
 
 
-def test_curves_file_gives_the_grid(tmp_path):
+def test_curves_file_gives_the_grid_and_the_presets(tmp_path):
     curves = se.load_curves(_fake_curves(tmp_path / "c.json"))
-    assert len(curves.configs) == 4 and curves.full_budget == 4 * 24
-    assert curves.names == ["alpha", "tap_layer"] and curves.domains == {"alpha": [0.0, 0.1], "tap_layer": [10, 20]}
-    assert any("preset" in s for s in curves.skipped)
-    assert [curves.configs[i].params["alpha"] for i in se.grid_order(curves)] == [0.0, 0.0, 0.1, 0.1]
+    assert len(curves.configs) == 5 and curves.full_budget == 5 * 24
+    assert curves.grid == [0, 1, 2, 3] and curves.presets == [("baseline", 4), ("paper", 3)]
+    assert curves.names == ["alpha", "tap_layer"] and curves.domains == {"alpha": [0.03, 0.3], "tap_layer": [10, 20]}
+    assert curves.configs[3].roles == ["search", "paper"]
+    assert any("identical final values" in n for n in curves.notes)
+    assert any("1 of 3 rungs" in n for n in curves.notes)  # the stopped trial is no configuration
+    # Presets first, then the product of the choices (alpha outer), each configuration once.
+    assert se.grid_order(curves) == [4, 3, 0, 2, 1]
+    bare = se.load_curves(tmp_path / "c.json", presets=False)
+    assert len(bare.configs) == 4 and bare.presets == [] and se.grid_order(bare) == [0, 2, 1, 3]
+
+
+def test_tpe_runs_the_presets_first_as_the_product_enqueues_them(tmp_path):
+    curves = se.load_curves(_fake_curves(tmp_path / "c.json"))
+    tpe = se.OptunaTPE(curves, seed=0)
+    (t0, i0), (t1, i1) = tpe.ask(), tpe.ask()
+    assert (i0, i1) == (4, 3)
+    assert t0.params == {} and t1.params == {"alpha": 0.3, "tap_layer": 20}
+    _, i2 = tpe.ask()
+    assert i2 in curves.grid
 
 
 def test_asha_replay_stops_the_trials_a_hand_computation_says(tmp_path):
@@ -102,13 +123,16 @@ def test_asha_replay_stops_the_trials_a_hand_computation_says(tmp_path):
 def test_grid_at_full_budget_has_the_hand_computed_hypervolume(tmp_path):
     curves = se.load_curves(_fake_curves(tmp_path / "c.json"))
     replay = se.simulate(curves, se.FixedOrder(se.grid_order(curves)), curves.full_budget, asha=False, concurrency=2)
-    assert all(t["state"] == "COMPLETE" and t["rungs"] == 3 for t in replay.trials) and len(replay.trials) == 4
-    # Final (pass@1, pass@10(10)): (0.3, 0.4) (0.5, 0.4) (0.1, 0.5) (0.2, 0.6); c0 is dominated by c1.
-    # Front by pass@1: (0.2, 0.6) -> 0.2*0.6 = 0.12; (0.5, 0.4) adds (0.5-0.2)*0.4 = 0.12; (0.1, 0.5) inside.
+    assert [t["config"] for t in replay.trials] == [4, 3, 0, 2, 1]
+    assert all(t["state"] == "COMPLETE" and t["rungs"] == 3 for t in replay.trials)
+    # Final (pass@1, pass@10(10)): c0 (0.3, 0.4) c1 (0.5, 0.4) c2 (0.1, 0.5) c3 (0.2, 0.6) baseline (0.25, 0.3).
+    # Front by pass@1: (0.2, 0.6) -> 0.2*0.6 = 0.12; (0.5, 0.4) adds (0.5-0.2)*0.4 = 0.12; the rest inside.
     assert se.hv_at(replay, curves.full_budget, curves) == pytest.approx(0.24)
-    # Two at a time in lockstep: the first two complete together at 48 trial-steps.
-    assert [s for s, _ in replay.completions] == [48, 48, 96, 96]
+    # Two at a time in lockstep: the presets complete together at 48 trial-steps, the last trial runs alone.
+    assert [s for s, _ in replay.completions] == [48, 48, 96, 96, 120]
     assert se.hv_at(replay, 47, curves) == 0.0
+    # Baseline and c3 at 48: 0.2*0.6 + (0.25-0.2)*0.3.
+    assert se.hv_at(replay, 48, curves) == pytest.approx(0.135)
 
 
 def test_script_runs_end_to_end_on_the_fake_file(tmp_path):
@@ -119,10 +143,11 @@ def test_script_runs_end_to_end_on_the_fake_file(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "ratio at 1/3 budget (32 of 96 trial-steps)" in out
+    assert "ratio at 1/3 budget (40 of 120 trial-steps), mean HV / full HV over 3 seeds: asha+tpe" in out
+    assert "without the presets (grid points only), ratio at 1/3 budget (32 of 96 trial-steps)" in out
     assert "asha+tpe" in out and "random" in out and "grid" in out
     assert f"seeds: 3; data: {path}" in out
-    assert "full-grid hypervolume (reference 0): 0.24" in out
+    assert "full hypervolume (every configuration, reference 0): 0.24;" in out
 
 
 def test_asha_can_be_disabled_in_a_space_file(tmp_path):
@@ -140,9 +165,12 @@ def test_asha_can_be_disabled_in_a_space_file(tmp_path):
         load_space(tmp_path / "s.yaml")
     grid = load_space(ROOT / "spaces" / "smollm2-grid.yaml")
     assert grid.asha.enabled is False and grid.sampler == "grid" and grid.test is None
-    sizes = [len(d.choices) for d in grid.params.domains().values()]
-    assert sorted(sizes) == [2, 2, 3] and grid.params.beta == 0.01
-    assert grid.num_samples == 12 + 2  # the grid and the two preset trials (baseline, paper)
+    points = 1
+    for domain in grid.params.domains().values():
+        assert domain.choices is not None
+        points *= len(domain.choices)
+    assert grid.params.beta == 0.01 and points >= 4
+    assert grid.num_samples == points + 2  # the grid and the two preset trials (baseline, paper)
 
 
 def test_disabled_asha_gives_ray_fifo_scheduler():
@@ -180,6 +208,27 @@ def test_record_curves_writes_the_runs_per_rung_results(tmp_path):
         assert "val/pass@10" in last and "train/ce_loss_rung" in last
         if spec["rungs"] == NUM_RUNGS:
             assert (last["val/pass@1"], last["val/pass@10(10)"]) == pytest.approx(spec["val"])
-    # The replay reads it: the grid is the search trials with every rung (the pruned one is left out).
+    # The replay reads it: the grid is the search trials with every rung (the pruned one is left out), the
+    # baseline and paper trials are the presets.
     curves = se.load_curves(out)
-    assert len(curves.configs) == sum(s["role"] == "search" and s["rungs"] == NUM_RUNGS for s in TRIALS)
+    assert len(curves.grid) == sum(s["role"] == "search" and s["rungs"] == NUM_RUNGS for s in TRIALS)
+    assert [role for role, _ in curves.presets] == ["baseline", "paper"]
+    assert len(curves.configs) == len(curves.grid) + 2
+
+
+def test_the_grid_sampler_finishing_its_grid_outside_study_optimize_does_not_raise():
+    # Optuna's GridSampler calls study.stop() after the last grid point, which raises unless the trial
+    # runs inside study.optimize; Ray's OptunaSearch uses ask/tell, so the search must not use that hook.
+    import optuna
+
+    from search.space import load_space
+    from search.tuner import _sampler
+
+    space = load_space(str(ROOT / "spaces" / "smollm2-grid.yaml"))
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=_sampler(space))
+    for _ in range(6):
+        trial = study.ask({"alpha": optuna.distributions.CategoricalDistribution([0.03, 0.1, 0.3]),
+                           "tap_layer": optuna.distributions.CategoricalDistribution([10, 20])})
+        study.tell(trial, [0.5, 0.3])
+    seen = {(t.params["alpha"], t.params["tap_layer"]) for t in study.trials}
+    assert len(seen) == 6

@@ -206,7 +206,12 @@ class _RungReporter:
         rung_steps = self.setup["training"]["rung_steps"]
         rung = step // rung_steps
         final = rung >= self.setup["num_rungs"]
-        report: dict[str, Any] = {"rung": rung, "step": step, **self._train_metrics()}
+        report: dict[str, Any] = {"rung": rung, "step": step}
+        if ray.is_initialized():  # (asked outside Ray, the runtime context would start a local Ray instance)
+            # The Ray node this rank trained on (Tune forwards rank 0's report), so a multi-node search shows
+            # where each rung ran; Tune's own node_ip cannot tell apart nodes that share a machine.
+            report["node_id"] = ray.get_runtime_context().get_node_id()
+        report.update(self._train_metrics())
         report.update(self._evaluate("val", self.setup["validation"], self.val_problems, model, tokenizer))
         if final and self.test_problems is not None:
             report.update(self._evaluate("test", self.setup["test"], self.test_problems, model, tokenizer))
