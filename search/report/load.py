@@ -18,7 +18,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from search.table_cells import parse_cell
 from trainables.errors import ConfigError
@@ -246,18 +246,10 @@ def _id_from_dirname(name: str) -> Optional[str]:
 
 def _read_result_lines(path: Path) -> list[dict[str, Any]]:
     """Every complete JSON line of a result.json (a crash can leave the last one half-written)."""
-    if not path.is_file():
-        return []
     rows = []
-    with path.open(errors="replace") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict):
-                row.pop("config", None)  # the whole trial config, repeated on every line
-                rows.append(row)
+    for row in _json_objects(path):
+        row.pop("config", None)  # the whole trial config, repeated on every line
+        rows.append(row)
     return rows
 
 
@@ -483,18 +475,25 @@ def _attach_trial_files(run_dir: Path, trial: TrialRecord) -> None:
 
 def _read_step_log(path: Path) -> list[dict[str, float]]:
     """Per-step metrics, the last record of each step kept (a retried trial appends the steps it redoes)."""
-    if not path.is_file():
-        return []
     by_step: dict[int, dict[str, float]] = {}
+    for row in _json_objects(path):
+        if isinstance(row.get("step"), int):
+            by_step[row["step"]] = _numbers(row)
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _json_objects(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, skipping lines a crash left half-written; none if it is absent."""
+    if not path.is_file():
+        return
     with path.open(errors="replace") as f:
         for line in f:
             try:
                 row = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(row, dict) and isinstance(row.get("step"), int):
-                by_step[row["step"]] = _numbers(row)
-    return [by_step[s] for s in sorted(by_step)]
+            if isinstance(row, dict):
+                yield row
 
 
 # ---- small helpers ---------------------------------------------------------------------------------------
