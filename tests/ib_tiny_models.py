@@ -1,19 +1,9 @@
 """Tiny random Llama (+ LoRA) and toy batches shared by the tests/test_ib_*.py files."""
 from __future__ import annotations
 
-import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine thread
-    contention made them 30x slower; restored afterwards so other tests keep their setting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 VOCAB = 1000

@@ -9,13 +9,7 @@ import torch
 from search.cli import main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Two threads on two busy shared cores mostly wait for each other; one is faster and steadier.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_eval(capsys, *args: str) -> tuple[int, dict | None, str]:

@@ -6,9 +6,11 @@ import math
 import pytest
 import torch
 
-from ib_tiny_models import NUM_LAYERS, example, one_torch_thread, pad_batch, tiny_llama, tiny_lora  # noqa: F401
+from ib_tiny_models import NUM_LAYERS, example, pad_batch, tiny_llama, tiny_lora
 from trainables.errors import ConfigError
 from trainables.ib import IBConfig, IBModel
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 LOSS_KEYS = ("loss", "ce_loss", "kl_loss", "ib_ce_loss")
 

@@ -8,9 +8,10 @@ import torch
 from trainables.errors import ConfigError
 from trainables.ib.layers import IBHead
 from trainables.ib.config import IBConfig
-from ib_tiny_models import one_torch_thread  # noqa: F401
 from trainables.ib.prior_names import PRIOR_NAMES
 from trainables.ib.priors import PRIORS, Prior, build_prior
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 DIM = 8
 HIDDEN = 16

@@ -7,10 +7,12 @@ import pytest
 import torch
 from peft import PeftModel
 
-from ib_tiny_models import example, one_torch_thread, pad_batch, tiny_llama, tiny_lora  # noqa: F401
+from ib_tiny_models import example, pad_batch, tiny_llama, tiny_lora
 from trainables.errors import ConfigError
 from trainables.ib import IBConfig, IBModel
 from trainables.ib.model import IB_CONFIG_FILE, IB_HEAD_FILE
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch():
