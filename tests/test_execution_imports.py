@@ -111,20 +111,17 @@ return x + 1
 # namespace, so whatever it mounts dies with it.
 
 
-def in_private_mount_namespace(body) -> dict:
-    """Run `body()` (returning a JSON-able dict) in a forked child with its own mount namespace."""
+def in_forked_child(body) -> dict:
+    """Run `body()` (returning a JSON-able dict) in a forked child; its dict, or {"error": ...}, comes back.
+
+    Whatever the child changes (mounts, uid, namespaces) dies with it.
+    """
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(read_fd)
-            if not sandbox._unshare(sandbox.CLONE_NEWNS):
-                result = {"skip": "unshare(CLONE_NEWNS) refused"}
-            elif sandbox._libc.mount(b"none", b"/", None, sandbox.MS_REC | sandbox.MS_PRIVATE, None) != 0:
-                result = {"skip": "cannot make mounts private"}
-            else:
-                result = body()
-            os.write(write_fd, json.dumps(result).encode())
+            os.write(write_fd, json.dumps(body()).encode())
         except BaseException as e:
             os.write(write_fd, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
         finally:
@@ -135,7 +132,20 @@ def in_private_mount_namespace(body) -> dict:
         chunks.append(chunk)
     os.close(read_fd)
     os.waitpid(pid, 0)
-    result = json.loads(b"".join(chunks) or b'{"error": "child died"}')
+    return json.loads(b"".join(chunks) or b'{"error": "child died"}')
+
+
+def in_private_mount_namespace(body) -> dict:
+    """Run `body()` in a forked child with its own mount namespace; skips where the OS refuses one."""
+
+    def isolated() -> dict:
+        if not sandbox._unshare(sandbox.CLONE_NEWNS):
+            return {"skip": "unshare(CLONE_NEWNS) refused"}
+        if sandbox._libc.mount(b"none", b"/", None, sandbox.MS_REC | sandbox.MS_PRIVATE, None) != 0:
+            return {"skip": "cannot make mounts private"}
+        return body()
+
+    result = in_forked_child(isolated)
     assert "error" not in result, result["error"]
     if "skip" in result:
         pytest.skip(result["skip"])
@@ -144,26 +154,14 @@ def in_private_mount_namespace(body) -> dict:
 
 def as_uid(uid: int, body) -> dict:
     """Run `body()` in a forked child switched to `uid` (what a sample does); its dict comes back."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read_fd)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            os.write(write_fd, json.dumps(body()).encode())
-        except BaseException as e:
-            os.write(write_fd, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    data = b""
-    while chunk := os.read(read_fd, 65536):
-        data += chunk
-    os.close(read_fd)
-    os.waitpid(pid, 0)
-    return json.loads(data or b'{"error": "child died"}')
+
+    def switched() -> dict:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+        return body()
+
+    return in_forked_child(switched)
 
 
 def outcome(action) -> str:
@@ -338,20 +336,12 @@ def test_server_without_mount_namespace_reports_blocked_import_paths():
     if blocked_ancestor(sys.base_prefix) is None:
         pytest.skip(f"{sys.base_prefix} is reachable for other uids here: nothing to report")
 
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            iso = sandbox.isolate_server(use_namespaces=False, switch_uid=True)
-            os.rmdir(iso.sample_root)
-            os.write(write_fd, json.dumps(iso.as_dict()).encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    data = b""
-    while chunk := os.read(read_fd, 65536):
-        data += chunk
-    os.waitpid(pid, 0)
-    iso = json.loads(data)
+    def isolate() -> dict:
+        iso = sandbox.isolate_server(use_namespaces=False, switch_uid=True)
+        os.rmdir(iso.sample_root)
+        return iso.as_dict()
+
+    iso = in_forked_child(isolate)
+    assert "error" not in iso, iso["error"]
     assert any("cannot import modules the server did not preload" in w and "no private mount namespace" in w
                for w in iso["weaknesses"]), iso["weaknesses"]
