@@ -15,7 +15,15 @@ Memory: each variant runs in a fresh subprocess, and its peak resident set size
 weights, optimizer state, activations, allocator slack) is compared with plain LoRA's. The growth
 of the peak over the RSS before the first step (the training-step working set) is shown as well.
 
-Usage: python bench/ib_overhead.py [--rounds 10] [--threads 2]
+On a GPU (--device cuda, typically with --dtype bf16 and a larger --batch/--seq) the steps are timed
+between CUDA synchronisations and memory is torch's peak allocation during one step of each variant in
+this process (torch.cuda.max_memory_allocated after a reset), not the RSS.
+
+ib_ckpt is ib_f1.00 with the IB branch's CE through the LM head checkpointed (ib.ce_kernel
+"checkpointed", three head products per chunk) instead of the default fused kernel (gradient formed in
+the forward, two; see trainables/ib/fused_ce.py): the difference is what the fused kernel saves.
+
+Usage: python bench/ib_overhead.py [--rounds 10] [--threads 2] [--device cuda --dtype bf16 --batch 8 --seq 1024]
 Always exits 0; prints PASS/MISS per target.
 """
 from __future__ import annotations
@@ -33,6 +41,7 @@ VARIANTS = {
     "alpha0": {"alpha": 0.0},
     "ib_f1.00": {"alpha": 0.1, "beta": 0.01, "tap_layer": 20, "ib_token_fraction": 1.0},
     "ib_f0.25": {"alpha": 0.1, "beta": 0.01, "tap_layer": 20, "ib_token_fraction": 0.25},
+    "ib_ckpt": {"alpha": 0.1, "beta": 0.01, "tap_layer": 20, "ib_token_fraction": 1.0, "ce_kernel": "checkpointed"},
 }
 """Variant name -> IBConfig fields (None: the peft model on its own, no IBModel wrapper)."""
 
@@ -44,6 +53,22 @@ TARGETS = {
 MEMORY_TARGET = ("peak RSS ratio <= 1.10", lambda r: r <= 1.10)
 
 BATCH, SEQ = 2, 256
+
+
+class Setting:
+    """Where and how the steps run (set once from the command line)."""
+
+    device = "cpu"
+    dtype = "fp32"
+    batch = BATCH
+    seq = SEQ
+
+
+def sync() -> None:
+    if Setting.device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def build_lora_model(seed: int = 0):
@@ -64,7 +89,7 @@ def build_lora_model(seed: int = 0):
         tie_word_embeddings=True,
         rms_norm_eps=1e-5,
     )
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config).to(Setting.device, getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[Setting.dtype]))
     lora = LoraConfig(
         r=32, lora_alpha=32, lora_dropout=0.05,
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -73,14 +98,15 @@ def build_lora_model(seed: int = 0):
 
 
 def make_batch(seed: int = 0) -> dict:
-    """2 x 256 random tokens; the first half of each row is prompt (label -100)."""
+    """batch x seq random tokens (2 x 256 by default); the first half of each row is prompt (label -100)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(3, 49152, (BATCH, SEQ), generator=g)
+    input_ids = torch.randint(3, 49152, (Setting.batch, Setting.seq), generator=g)
     labels = input_ids.clone()
-    labels[:, : SEQ // 2] = -100
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    labels[:, : Setting.seq // 2] = -100
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    return {k: v.to(Setting.device) for k, v in batch.items()}
 
 
 def make_variant(base, name: str):
@@ -90,17 +116,19 @@ def make_variant(base, name: str):
     from trainables.ib import IBConfig, IBModel
 
     fields = VARIANTS[name]
-    model = base if fields is None else IBModel(base, IBConfig(**fields)).train()
+    model = base if fields is None else IBModel(base, IBConfig(**fields)).to(Setting.device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     return model, torch.optim.AdamW(params, lr=1e-5)
 
 
 def train_step(model, optimizer, batch) -> float:
     """One forward + backward + optimizer step; returns its wall time in seconds."""
+    sync()
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     model(**batch).loss.backward()
     optimizer.step()
+    sync()
     return time.perf_counter() - start
 
 
@@ -141,11 +169,34 @@ def measure_peak_rss(name: str, steps: int) -> dict[str, float]:
     return {"rss_before_mib": rss_before, "peak_mib": peak}
 
 
+def cuda_peak_memory(steps: int) -> dict[str, dict[str, float]]:
+    """Per variant, in this process: allocated memory before a step and torch's peak during it, in MiB."""
+    import torch
+
+    base = build_lora_model()
+    batch = make_batch()
+    results = {}
+    for name in VARIANTS:
+        runner = make_variant(base, name)
+        for _ in range(steps):
+            train_step(*runner, batch)  # optimizer state exists from the first step on
+        runner[1].zero_grad(set_to_none=True)
+        before = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+        train_step(*runner, batch)
+        results[name] = {"rss_before_mib": before, "peak_mib": torch.cuda.max_memory_allocated() / 2**20}
+        print(f"memory {name}: {results[name]}", file=sys.stderr, flush=True)
+        del runner
+        torch.cuda.empty_cache()
+    return results
+
+
 def memory_in_subprocesses(threads: int, steps: int) -> dict[str, dict[str, float]]:
     results = {}
     for name in VARIANTS:
         command = [sys.executable, __file__, "--measure-memory", name, "--threads", str(threads),
-                   "--memory-steps", str(steps)]
+                   "--memory-steps", str(steps), "--batch", str(Setting.batch), "--seq", str(Setting.seq),
+                   "--dtype", Setting.dtype]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         results[name] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"memory {name}: {results[name]}", file=sys.stderr, flush=True)
@@ -153,8 +204,15 @@ def memory_in_subprocesses(threads: int, steps: int) -> dict[str, dict[str, floa
 
 
 def report(timing: dict | None, memory: dict | None) -> None:
-    print(f"\nIB-FT overhead, SmolLM2-135M shape, batch {BATCH}x{SEQ}, CPU fp32, AdamW step included")
-    print(f"{'variant':<10} {'median s':>9} {'step ratio':>11} {'peak MiB':>9} {'peak ratio':>11} {'step-set ratio':>15}")
+    where = Setting.device.upper()
+    if Setting.device == "cuda":
+        import torch
+
+        where = torch.cuda.get_device_name()
+    memory_kind = "peak MiB" if Setting.device == "cpu" else "cuda MiB"
+    print(f"\nIB-FT overhead, SmolLM2-135M shape, batch {Setting.batch}x{Setting.seq}, {where} {Setting.dtype}, "
+          f"AdamW step included")
+    print(f"{'variant':<10} {'median s':>9} {'step ratio':>11} {memory_kind:>9} {'peak ratio':>11} {'step-set ratio':>15}")
     lines = []
     for name in VARIANTS:
         if timing:
@@ -191,11 +249,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-steps", type=int, default=2, help="steps per memory subprocess")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--no-timing", action="store_true", help="skip the timed rounds (memory only)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the steps run")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="model precision")
+    parser.add_argument("--batch", type=int, default=BATCH, help="sequences per step")
+    parser.add_argument("--seq", type=int, default=SEQ, help="tokens per sequence (first half is prompt)")
     parser.add_argument("--measure-memory", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    Setting.device, Setting.dtype, Setting.batch, Setting.seq = args.device, args.dtype, args.batch, args.seq
 
     import torch
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible to torch")
     torch.set_num_threads(args.threads)
     if args.measure_memory:
         print(json.dumps(measure_peak_rss(args.measure_memory, args.memory_steps)))
@@ -203,7 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
     timing = None if args.no_timing else time_variants(args.rounds, args.warmup)
-    memory = None if args.no_memory else memory_in_subprocesses(args.threads, args.memory_steps)
+    if args.no_memory:
+        memory = None
+    elif args.device == "cuda":
+        memory = cuda_peak_memory(args.memory_steps)
+    else:
+        memory = memory_in_subprocesses(args.threads, args.memory_steps)
     report(timing, memory)
     return 0
 

@@ -17,6 +17,7 @@ from trainables.errors import ConfigError
 
 # The static list of prior names lives next to the IB config; importing it pulls no torch.
 from trainables.ib.prior_names import PRIOR_NAMES
+from trainables.ib.config import CE_KERNELS
 from trainables.memorization import search_metrics as memorization_metrics
 
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
@@ -475,7 +476,8 @@ class SearchSpace(_Strict):
     params: SearchedParams = Field(default_factory=SearchedParams)
     """Searched (and fixed) IB parameters."""
     ib: dict[str, Any] = Field(default_factory=dict)
-    """Fixed IB settings other than the searched ones (bottleneck_dim, ib_token_fraction, ce_chunk_size...)."""
+    """Fixed IB settings other than the searched ones (bottleneck_dim, ib_token_fraction, ce_chunk_size,
+    ce_kernel...)."""
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     """Optuna sampler."""
     num_samples: int = Field(default=20, ge=1)
@@ -513,8 +515,12 @@ class SearchSpace(_Strict):
         for key, value in v.items():
             if key in searched:
                 raise ValueError(f"{key} belongs under params (searched or fixed there), not ib")
+            if key == "ce_kernel":
+                if value not in CE_KERNELS:
+                    raise ValueError(f"ce_kernel must be one of {', '.join(CE_KERNELS)}, got {value!r}")
+                continue
             if key not in allowed:
-                raise ValueError(f"unknown field {key!r}; allowed: {', '.join(allowed)}")
+                raise ValueError(f"unknown field {key!r}; allowed: {', '.join(allowed + ('ce_kernel',))}")
             if not _is_number(value):
                 raise ValueError(f"{key} must be a number, got {value!r}")
         if "ib_token_fraction" in v and not 0 < v["ib_token_fraction"] <= 1:

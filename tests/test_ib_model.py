@@ -139,11 +139,13 @@ def test_sampled_priors_train_end_to_end(prior):
         assert param.grad is not None and torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, name
 
 
-def test_chunk_size_changes_neither_losses_nor_gradients():
+@pytest.mark.parametrize("kernel", ["checkpointed", "fused"])
+def test_chunk_size_changes_neither_losses_nor_gradients(kernel):
     results = []
     for chunk in (3, 100_000):
         torch.manual_seed(0)
-        model = IBModel(tiny_lora(), IBConfig(alpha=0.5, beta=1.0, tap_layer=2, bottleneck_dim=16, ce_chunk_size=chunk))
+        config = IBConfig(alpha=0.5, beta=1.0, tap_layer=2, bottleneck_dim=16, ce_chunk_size=chunk, ce_kernel=kernel)
+        model = IBModel(tiny_lora(), config)
         model.train()
         torch.manual_seed(1)  # same reparameterisation noise for both chunk sizes
         out = model(**_batch())
@@ -159,10 +161,11 @@ def test_chunk_size_changes_neither_losses_nor_gradients():
         torch.testing.assert_close(grads_small[name], grads_big[name], rtol=1e-5, atol=1e-6)
 
 
-def test_ib_branch_feeds_the_lm_head_at_most_chunk_rows_at_a_time():
+def test_checkpointed_ib_branch_feeds_the_lm_head_at_most_chunk_rows_at_a_time():
     chunk = 4
     base = tiny_lora()
-    model = IBModel(base, IBConfig(alpha=0.5, tap_layer=2, bottleneck_dim=16, ce_chunk_size=chunk)).train()
+    config = IBConfig(alpha=0.5, tap_layer=2, bottleneck_dim=16, ce_chunk_size=chunk, ce_kernel="checkpointed")
+    model = IBModel(base, config).train()
     batch = _batch()
     n_targets = int((batch["labels"][:, 1:] != -100).sum())
     rows_seen = []

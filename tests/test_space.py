@@ -92,6 +92,7 @@ BROKEN = [
     ("wandb.mode", "cloud", ["wandb.mode", "offline", "online", "disabled"]),
     ("lora.rank", 8, ["lora", "unknown field 'rank'", "allowed: r, alpha"]),
     ("ib.alpha", 0.1, ["ib", "belongs under params"]),
+    ("ib.ce_kernel", "triton", ["ib", "ce_kernel must be one of", "fused_compiled", "'triton'"]),
     ("num_samples", 0, ["num_samples", "greater than or equal to 1"]),
     ("deepspeed.offload_params", True, ["deepspeed", "offload_params needs zero_stage 3"]),
 ]

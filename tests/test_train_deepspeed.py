@@ -4,9 +4,11 @@ from __future__ import annotations
 import socket
 
 import pytest
+import torch
 import torch.distributed as dist
 
-from test_train_loop import tiny_config
+from test_train_loop import final_weights, tiny_config
+from trainables.ib import ce_kernels
 from trainables.train import checkpoint as ckpt
 from trainables.train.loop import TrainHooks, train
 
@@ -42,3 +44,29 @@ def test_deepspeed_zero2_matches_plain_torch_and_resumes(tmp_path, one_rank_gloo
     assert resumed["loss_history"] == pytest.approx(plain["loss_history"], rel=1e-5)
     assert (tmp_path / "ds" / "final" / "adapter" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "ds" / "final" / "ib_head.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_trains_the_ib_model_like_plain_torch_and_saves_whole_weights(
+    tmp_path, one_rank_gloo_group, monkeypatch
+):
+    """ZeRO-3 partitions every parameter, the frozen (tied) LM head included: the IB branch must then score
+    through the head module (ib.ce_kernel auto falls back to "checkpointed"), and saving must gather."""
+    kernels_used = []
+    resolve = ce_kernels.resolve_kernel
+    monkeypatch.setattr(ce_kernels, "resolve_kernel", lambda *a: kernels_used.append(resolve(*a)) or kernels_used[-1])
+    sections = {"optim": {"max_steps": 3}, "checkpoint_every": 0}
+    plain = train(tiny_config(tmp_path / "plain", **sections))
+    plain_kernels = set(kernels_used)
+    kernels_used.clear()
+    zero3 = train(tiny_config(tmp_path / "z3", **sections, deepspeed={"zero_stage": 3}))
+
+    assert plain_kernels == {"fused"} and set(kernels_used) == {"checkpointed"}
+
+    assert zero3["engine"] == "deepspeed" and zero3["steps"] == 3
+    assert zero3["loss_history"] == pytest.approx(plain["loss_history"], rel=1e-5)
+    plain_weights, zero3_weights = final_weights(tmp_path / "plain"), final_weights(tmp_path / "z3")
+    assert plain_weights.keys() == zero3_weights.keys()
+    for name, tensor in plain_weights.items():
+        assert zero3_weights[name].shape == tensor.shape, name  # whole tensors, not a rank's shard
+        torch.testing.assert_close(zero3_weights[name], tensor, rtol=1e-4, atol=1e-5)

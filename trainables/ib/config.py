@@ -10,6 +10,7 @@ from typing import Any, Union
 from trainables.errors import ConfigError
 
 TapLayer = Union[int, float]
+CE_KERNELS = ("auto", "checkpointed", "fused", "fused_compiled")
 
 
 @dataclass
@@ -39,6 +40,11 @@ class IBConfig:
     ce_chunk_size: int = 1024
     """Target tokens per chunk when the IB branch scores them through the LM head, so the IB branch
     never holds a [tokens, vocab] tensor larger than chunk x vocab."""
+    ce_kernel: str = "auto"
+    """How the IB branch's CE through the frozen LM head is computed (trainables.ib.ce_kernels): "checkpointed"
+    (recomputes each chunk in the backward; works with any head), "fused" (gradient formed in the forward,
+    a third less LM-head work), "fused_compiled" (plus torch.compile's fused softmax kernel; GPU), or "auto"
+    (fused_compiled on CUDA, fused on CPU, checkpointed for a trainable or ZeRO-3-partitioned head)."""
 
     def __post_init__(self) -> None:
         if not _is_number(self.alpha) or self.alpha < 0:
@@ -62,6 +68,8 @@ class IBConfig:
             raise ConfigError(f"ib.ib_token_fraction must lie in (0, 1], got {self.ib_token_fraction!r}")
         if not isinstance(self.ce_chunk_size, int) or self.ce_chunk_size < 1:
             raise ConfigError(f"ib.ce_chunk_size must be a positive int, got {self.ce_chunk_size!r}")
+        if self.ce_kernel not in CE_KERNELS:
+            raise ConfigError(f"ib.ce_kernel must be one of {', '.join(CE_KERNELS)}, got {self.ce_kernel!r}")
         if not isinstance(self.prior_options, dict):
             raise ConfigError(f"ib.prior_options must be a mapping, got {self.prior_options!r}")
         # The prior name is checked against the registry lazily (it lives with torch code) but the

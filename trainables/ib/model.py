@@ -5,7 +5,8 @@ loss = CE_ft + alpha * (KL + beta * CE_ib), where
 - KL is KL(q(z|h) || p(z)) summed over the bottleneck dims and averaged over the real target tokens
   (positions t whose next-token label is not -100; padding and prompt never count);
 - CE_ib is the mean cross-entropy of the same targets scored from the decoded bottleneck by the base
-  model's frozen LM head, in chunks, so the IB branch never builds a [batch, seq, vocab] tensor.
+  model's frozen LM head, in chunks, so the IB branch never builds a [batch, seq, vocab] tensor
+  (trainables.ib.ce_kernels picks how: gradient formed in the forward, or checkpointed chunks).
 At alpha = 0 there is no head and no hook: the forward is the base model's forward.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from trainables.errors import ConfigError
-from trainables.ib.chunked_ce import chunked_lm_head_cross_entropy
+from trainables.ib.ce_kernels import lm_head_cross_entropy
 from trainables.ib.config import IBConfig
 from trainables.ib.layers import IBHead
 from trainables.ib.tap import HiddenStateTap, find_decoder_blocks
@@ -113,8 +114,12 @@ class IBModel(nn.Module):
             chosen = torch.randperm(n_targets, device=hidden.device)[:n_used]
             target_hidden, targets = target_hidden[chosen], targets[chosen]
         kl_per_token, decoded = self.ib_head(target_hidden)
-        ce_sum = chunked_lm_head_cross_entropy(
-            decoded, targets, self.base_model.get_output_embeddings(), self.ib_config.ce_chunk_size
+        ce_sum = lm_head_cross_entropy(
+            decoded,
+            targets,
+            self.base_model.get_output_embeddings(),
+            self.ib_config.ce_chunk_size,
+            self.ib_config.ce_kernel,
         )
         # Same normaliser as CE_ft: the tokens of this batch, or the caller's count across
         # gradient-accumulation steps when HF's num_items_in_batch is passed.
