@@ -56,6 +56,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/ib_overhead.py
+	$(PY) bench/ib_ce_kernels.py
 	$(PY) bench/check_throughput.py
 	$(PY) bench/generation_throughput.py
 

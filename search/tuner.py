@@ -17,6 +17,7 @@ import optuna
 from ray.tune import CLIReporter
 
 from search.space import SearchSpace, load_space
+from trainables.errors import ConfigError
 
 SPACE_FILE = "space.yaml"
 OPTUNA_DB = "optuna.db"
@@ -227,9 +228,29 @@ def write_tables(space: SearchSpace, run_dir: Path, records: list[dict[str, Any]
     return write_pareto_json(rows, [o.model_dump() for o in space.objectives], run_dir / PARETO_JSON)
 
 
+def _check_cluster_fits(space: SearchSpace, address: Optional[str]) -> None:
+    import ray
+
+    from search.cluster_fit import shortfalls, trial_needs
+
+    r = space.resources
+    missing = shortfalls(trial_needs(r.workers, r.cpus_per_worker, r.gpus_per_worker), ray.cluster_resources())
+    if not missing:
+        return
+    message = f"space {space.name!r}: one trial needs " + ", ".join(missing)
+    if address is None:
+        ray.shutdown()
+        raise ConfigError(
+            f"{message}; this machine's private Ray cluster cannot grow: lower resources in the space or pass "
+            "--address of a cluster that has them"
+        )
+    print(f"warning: {message}; trials wait until the autoscaler adds such nodes", file=sys.stderr, flush=True)
+
+
 def run_search(space: SearchSpace, run_dir: Path, *, resume: bool, address: Optional[str]) -> SearchOutcome:
     """Run (or resume) the search to completion, or until Ctrl-C; always writes the tables."""
     _connect(address)
+    _check_cluster_fits(space, address)
     tuner = build_tuner(space, run_dir, resume=resume)
     result_grid = tuner.fit()
     records = trial_records(result_grid)

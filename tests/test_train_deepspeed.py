@@ -1,12 +1,10 @@
 """The DeepSpeed engine path of the loop, single process on CPU (a 1-rank gloo group, as Ray Train would set up)."""
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
 
+from process_groups import one_rank_process_group
 from test_train_loop import final_weights, tiny_config
 from trainables.ib import ce_kernels
 from trainables.train import checkpoint as ckpt
@@ -17,14 +15,8 @@ from trainables.train.loop import TrainHooks, train
 def one_rank_gloo_group(monkeypatch):
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     monkeypatch.setenv("LOCAL_RANK", "0")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    try:
+    with one_rank_process_group("gloo"):
         yield
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -70,3 +62,14 @@ def test_deepspeed_zero3_trains_the_ib_model_like_plain_torch_and_saves_whole_we
     for name, tensor in plain_weights.items():
         assert zero3_weights[name].shape == tensor.shape, name  # whole tensors, not a rank's shard
         torch.testing.assert_close(zero3_weights[name], tensor, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_bf16_engine_trains_like_plain_torch_bf16(tmp_path, one_rank_gloo_group, stage):
+    """DeepSpeed's bf16 engine (what the GPU spaces use), here on CPU; test_gpu_path.py repeats it on CUDA."""
+    sections = {"optim": {"max_steps": 3}, "checkpoint_every": 0, "model": {"dtype": "bf16"}}
+    plain = train(tiny_config(tmp_path / "plain", **sections))
+    ds = train(tiny_config(tmp_path / "ds", **sections, deepspeed={"zero_stage": stage}))
+    assert ds["engine"] == "deepspeed" and ds["steps"] == 3
+    assert ds["loss_history"] == pytest.approx(plain["loss_history"], rel=1e-2)
