@@ -22,10 +22,11 @@ counted once the whole round is spent):
   grace period and reduction factor of the recorded space, asynchronous promotion: at each milestone rung a
   trial goes on unless its value is below the (1 - 1/rf) percentile of the values recorded at that rung so
   far) ranking by search.asha.ranking_value (ties broken by the rung's train CE); stopped trials are told to
-  Optuna as PRUNED, trials that reach the last rung as COMPLETE with their final values. The sampler may
-  propose a configuration again; it is run (and paid for) again, as the product would.
-- random: grid configurations drawn uniformly (with replacement, as Optuna's RandomSampler does), full
-  budget each.
+  Optuna as PRUNED, trials that reach the last rung as COMPLETE with their final values. A proposal of a
+  configuration already run is answered from that run at no cost and another is asked for, as
+  search.optuna_bridge does (twin_of / tell_as_duplicate, at most MAX_DUPLICATE_ASKS in a row).
+- random: grid configurations drawn uniformly among those not run yet (Optuna's RandomSampler with the
+  product's repeat answering; with replacement once all were run), full budget each.
 - grid: every configuration once in a fixed order (the product of the choices, in the order the parameters
   and their sorted values appear), full budget each; the same in every seed.
 Hypervolume (search.pareto.hypervolume, Optuna's exact algorithm) of the final validation objectives of the
@@ -216,8 +217,8 @@ class FixedOrder:
 
 
 class UniformRandom:
-    """The presets, then uniform draws over the grid points, with replacement (Optuna's RandomSampler on
-    categorical choices over a full grid)."""
+    """The presets, then uniform draws over the grid points not run yet (Optuna's RandomSampler on categorical
+    choices, with search.optuna_bridge answering repeats from the earlier run), then with replacement."""
 
     def __init__(self, curves: Curves, seed: int) -> None:
         import random
@@ -225,11 +226,16 @@ class UniformRandom:
         self._presets = [i for _, i in curves.presets]
         self._grid = curves.grid
         self._rng = random.Random(seed)
+        self._run: set[int] = set()
 
     def ask(self) -> tuple[Any, int]:
         if self._presets:
-            return None, self._presets.pop(0)
-        return None, self._grid[self._rng.randrange(len(self._grid))]
+            idx = self._presets.pop(0)
+        else:
+            untried = [i for i in self._grid if i not in self._run] or self._grid
+            idx = untried[self._rng.randrange(len(untried))]
+        self._run.add(idx)
+        return None, idx
 
     def tell(self, handle: Any, state: str, values: Optional[list[float]]) -> None:
         pass
@@ -257,6 +263,7 @@ class OptunaTPE:
             self.study.enqueue_trial({n: params[n] for n in fixed}, user_attrs={"role": role})
             self._queue.append((idx, fixed))
         self.missing = 0
+        self.repeats = 0
 
     def ask(self) -> tuple[Any, int]:
         if self._queue:
@@ -265,15 +272,25 @@ class OptunaTPE:
             for n in fixed:
                 trial.suggest_categorical(n, self._curves.domains[n])
             return trial, idx
+        from search.optuna_bridge import MAX_DUPLICATE_ASKS, tell_as_duplicate, twin_of
+
+        repeats = 0
         for _ in range(1000):
             trial = self.study.ask()
             params = {n: trial.suggest_categorical(n, self._curves.domains[n]) for n in self._curves.names}
             idx = self._curves.index.get(tuple(params[n] for n in self._curves.names))
-            if idx is not None:
-                return trial, idx
-            # A combination the recording lacks (a grid point that failed): no data, no cost; tell it failed.
-            self.missing += 1
-            self.study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
+            if idx is None:
+                # A combination the recording lacks (a grid point that failed): no data, no cost; tell it failed.
+                self.missing += 1
+                self.study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
+                continue
+            twin = twin_of(self.study, trial)
+            if twin is not None and repeats < MAX_DUPLICATE_ASKS:
+                repeats += 1
+                self.repeats += 1
+                tell_as_duplicate(self.study, trial, twin)
+                continue
+            return trial, idx
         raise RuntimeError("the sampler keeps proposing configurations the recording lacks")
 
     def tell(self, handle: Any, state: str, values: Optional[list[float]]) -> None:
@@ -420,7 +437,7 @@ def replay_all(curves: Curves, seeds: int, concurrency: int, full_hv: float) -> 
     third = full_budget / 3
     table = {m: [0.0] * len(budgets) for m in METHODS}
     at_third = {m: [0.0] * seeds for m in METHODS}
-    stats = {"trials": 0.0, "pruned": 0.0, "completed": 0.0, "distinct": 0.0, "missing": 0.0}
+    stats = {"trials": 0.0, "pruned": 0.0, "completed": 0.0, "distinct": 0.0, "missing": 0.0, "repeats": 0.0}
     grid_replay = simulate(curves, FixedOrder(grid_order(curves)), full_budget, asha=False, concurrency=concurrency)
     for seed in range(seeds):
         tpe = OptunaTPE(curves, seed)
@@ -439,6 +456,7 @@ def replay_all(curves: Curves, seeds: int, concurrency: int, full_hv: float) -> 
         stats["completed"] += sum(t["state"] == COMPLETE for t in run_trials) / seeds
         stats["distinct"] += len({t["config"] for t in run_trials if t["state"] == COMPLETE}) / seeds
         stats["missing"] += tpe.missing / seeds
+        stats["repeats"] += tpe.repeats / seeds
     return Outcome(
         budgets=budgets,
         table=table,
@@ -466,7 +484,8 @@ def _print_table(curves: Curves, seeds: int, out: Outcome, title: str) -> None:
     st = out.asha_stats
     print(
         f"asha+tpe per seed up to the full budget: {st['trials']:.1f} trials run, {st['pruned']:.1f} stopped by ASHA, "
-        f"{st['completed']:.1f} completed ({st['distinct']:.1f} distinct configurations)"
+        f"{st['completed']:.1f} completed ({st['distinct']:.1f} distinct configurations), "
+        f"{st['repeats']:.1f} repeated proposals answered from earlier runs"
         + (f"; {st['missing']:.1f} proposals outside the recording" if st["missing"] else "")
     )
 

@@ -10,6 +10,10 @@ What Ray's OptunaSearch gets wrong for us, and what this subclass does instead:
   trial asked for after the last checkpoint exists in the study but not in Tune; on restore it is claimed by
   the next suggestion instead of a new one being asked, so the study never holds a trial twice. A trial
   already told before a kill is not told again.
+- A sampler may propose parameters an earlier trial already ran (TPE often does on `choices` domains, the
+  paper spaces' kind). Every trial trains with the space's seed, so a re-run reproduces the earlier result at
+  full cost. Such a proposal is told at once with the earlier trial's outcome, marked `duplicate_of`, and
+  another is asked for (up to MAX_DUPLICATE_ASKS times; then it runs, as on an exhausted grid).
 """
 from __future__ import annotations
 
@@ -33,6 +37,11 @@ ROLE_KEY = "role"
 """Trial config key and Optuna user attribute: "baseline", "paper" or "search"."""
 RAY_TRIAL_ID_ATTR = "ray_trial_id"
 """Optuna user attribute holding the Tune trial id that ran the Optuna trial."""
+
+DUPLICATE_OF_ATTR = "duplicate_of"
+"""Optuna user attribute of a proposal told without running: the number of the trial that ran its parameters."""
+MAX_DUPLICATE_ASKS = 20
+"""Proposals in a row that may be answered from an earlier trial before one is run anyway."""
 
 COMPLETE, PRUNED, FAIL = "COMPLETE", "PRUNED", "FAIL"
 
@@ -97,6 +106,30 @@ def define_params(space: SearchSpace, trial: optuna.Trial) -> dict[str, Any]:
     return out
 
 
+def twin_of(study: optuna.Study, trial: optuna.Trial) -> Optional[optuna.trial.FrozenTrial]:
+    """An earlier trial that ran (or is running) exactly `trial`'s sampled parameters, or None.
+
+    Trials without sampled parameters (the baseline) have no twin; skipped duplicates are never twins."""
+    params = trial.params
+    if not params:
+        return None
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
+        if other.number != trial.number and DUPLICATE_OF_ATTR not in other.user_attrs and other.params == params:
+            return other
+    return None
+
+
+def tell_as_duplicate(study: optuna.Study, trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> None:
+    """Tell `trial` what its twin's run says: its values if complete, pruned if stopped, failed while unknown."""
+    trial.set_user_attr(DUPLICATE_OF_ATTR, twin.number)
+    if twin.state == TrialState.COMPLETE:
+        study.tell(trial, twin.values if len(twin.values) > 1 else twin.values[0])
+    elif twin.state == TrialState.PRUNED:
+        study.tell(trial, state=TrialState.PRUNED)
+    else:  # still running: its outcome is not known yet, and constant_liar already steers TPE away from it
+        study.tell(trial, state=TrialState.FAIL)
+
+
 def preset_trials(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
     """(role, values) of the trials every search starts with: the plain-LoRA baseline and the paper's setting."""
     paper = space.paper_params()
@@ -150,7 +183,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 
     def suggest(self, trial_id: str) -> Optional[dict]:
         if trial_id not in self._ot_trials:
-            ot_trial = self._claim_orphan() or self._ot_study.ask()
+            ot_trial = self._claim_orphan() or self._ask_new()
             ot_trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
             self._ot_trials[trial_id] = ot_trial
         ot_trial = self._ot_trials[trial_id]
@@ -159,6 +192,24 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         if ROLE_KEY not in ot_trial.user_attrs:
             ot_trial.set_user_attr(ROLE_KEY, role)
         return {**params, OPTUNA_NUMBER_KEY: ot_trial.number, ROLE_KEY: role}
+
+    def _ask_new(self) -> optuna.Trial:
+        """A new Optuna trial whose parameters no earlier trial ran (presets always run)."""
+        for _ in range(MAX_DUPLICATE_ASKS):
+            ot_trial = self._ot_study.ask()
+            if ROLE_KEY in ot_trial.user_attrs:
+                return ot_trial  # an enqueued preset
+            define_params(self._search_space, ot_trial)
+            twin = twin_of(self._ot_study, ot_trial)
+            if twin is None:
+                return ot_trial
+            logger.info("Optuna trial %d repeats trial %d's parameters: told its outcome, not run", ot_trial.number, twin.number)
+            tell_as_duplicate(self._ot_study, ot_trial, twin)
+        logger.warning(
+            "the sampler proposed only already-run parameters %d times in a row (an exhausted grid?); running a repeat",
+            MAX_DUPLICATE_ASKS,
+        )
+        return self._ot_study.ask()
 
     def _claim_orphan(self) -> Optional[optuna.Trial]:
         while self._orphans:

@@ -101,9 +101,12 @@ def test_resume_claims_trials_asked_after_the_last_checkpoint(tmp_path):
     again = restored.suggest("t9")  # Tune's next new trial takes over the orphaned Optuna trial 2
     assert again["optuna_trial"] == 2
     nxt = restored.suggest("t10")
-    assert nxt["optuna_trial"] == 3
+    # The restored sampler's RNG replays its draws from the checkpoint on, so Optuna trial 3 repeats trial
+    # 2's parameters: it is told as a repeat of the running trial 2 (FAIL), never run; trial 4 runs.
+    assert nxt["optuna_trial"] == 4
     trials = restored.study.get_trials(deepcopy=False)
-    assert len(trials) == 4
+    assert len(trials) == 5
+    assert trials[3].user_attrs["duplicate_of"] == 2 and trials[3].state == TrialState.FAIL
     assert trials[1].values == [0.3, 0.4]
     assert trials[2].user_attrs["ray_trial_id"] == "t9"
 
@@ -114,3 +117,69 @@ def test_resumed_study_does_not_enqueue_presets_again(tmp_path):
     second = _searcher(tmp_path)  # same storage and study name
     roles = [t.user_attrs.get("role") for t in second.study.get_trials(deepcopy=False)]
     assert roles.count("baseline") == 1 and roles.count("paper") == 1
+
+
+def _grid_searcher(tmp_path: Path, seed: int = 0) -> PrunedAwareOptunaSearch:
+    """The 12-point smollm2-grid space (alpha x tap layer choices) under a random sampler, which repeats itself."""
+    space = load_space(ROOT / "spaces" / "smollm2-grid.yaml")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    return PrunedAwareOptunaSearch(
+        space, sampler=optuna.samplers.RandomSampler(seed=seed), storage=storage, study_name="grid"
+    )
+
+
+def test_repeated_proposals_are_answered_from_the_earlier_run_not_run_again(tmp_path):
+    searcher = _grid_searcher(tmp_path)
+    runs = []
+    for i in range(12):  # baseline, paper (a grid point), 10 searched: all but one of the 12 grid points
+        config = searcher.suggest(f"t{i}")
+        runs.append((config["alpha"], config["tap_layer"]))
+        # Even trials finish, odd ones are stopped at rung 1.
+        result = _result(3, 0.1 * i, 0.05 * i) if i % 2 == 0 else _result(1)
+        searcher.on_trial_complete(f"t{i}", {**result, "val/pass@10(10)": 0.05 * i})
+    searched = runs[1:]  # the paper's point is a grid point too
+    assert len(set(searched)) == len(searched), runs
+
+    trials = searcher.study.get_trials(deepcopy=False)
+    repeats = [t for t in trials if "duplicate_of" in t.user_attrs]
+    assert repeats, "a random sampler drawing 10 of 11 untried points repeats itself"
+    for repeat in repeats:
+        twin = trials[repeat.user_attrs["duplicate_of"]]
+        assert "duplicate_of" not in twin.user_attrs and twin.params == repeat.params
+        assert repeat.state == twin.state and repeat.values == twin.values
+        assert "ray_trial_id" not in repeat.user_attrs  # no Tune trial ran it
+    assert sum("ray_trial_id" in t.user_attrs for t in trials) == 12
+
+
+def test_twin_rules_on_hand_made_trials():
+    from search.optuna_bridge import tell_as_duplicate, twin_of
+
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    choices = [0.01, 0.1, 1.0]
+
+    def trial_with(alpha):
+        study.enqueue_trial({"alpha": alpha})
+        t = study.ask()
+        t.suggest_categorical("alpha", choices)
+        return t
+
+    complete, pruned, running = trial_with(0.01), trial_with(0.1), trial_with(1.0)
+    study.tell(complete, [0.5, 0.25])
+    study.tell(pruned, state=TrialState.PRUNED)
+    no_params = study.ask()
+    assert twin_of(study, no_params) is None  # the baseline kind: nothing sampled, nothing to repeat
+    study.tell(no_params, [0.0, 0.0])
+
+    expected = {0.01: (TrialState.COMPLETE, [0.5, 0.25]), 0.1: (TrialState.PRUNED, None), 1.0: (TrialState.FAIL, None)}
+    for alpha, twin_number in ((0.01, complete.number), (0.1, pruned.number), (1.0, running.number)):
+        repeat = trial_with(alpha)
+        twin = twin_of(study, repeat)
+        assert twin is not None and twin.number == twin_number
+        tell_as_duplicate(study, repeat, twin)
+        told = study.get_trials(deepcopy=False)[repeat.number]
+        assert (told.state, told.values) == expected[alpha]
+        assert told.user_attrs["duplicate_of"] == twin_number
+        # A told repeat is never itself a twin: the next repeat points at the trial that ran.
+        again = trial_with(alpha)
+        assert twin_of(study, again).number == twin_number
+        study.tell(again, state=TrialState.FAIL)

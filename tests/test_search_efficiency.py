@@ -226,9 +226,10 @@ def test_the_grid_sampler_finishing_its_grid_outside_study_optimize_does_not_rai
 
     space = load_space(str(ROOT / "spaces" / "smollm2-grid.yaml"))
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=_sampler(space))
-    for _ in range(6):
-        trial = study.ask({"alpha": optuna.distributions.CategoricalDistribution([0.03, 0.1, 0.3]),
-                           "tap_layer": optuna.distributions.CategoricalDistribution([10, 20])})
+    alphas, taps = space.params.alpha.choices, space.params.tap_layer.choices
+    for _ in range(len(alphas) * len(taps)):
+        trial = study.ask({"alpha": optuna.distributions.CategoricalDistribution(alphas),
+                           "tap_layer": optuna.distributions.CategoricalDistribution(taps)})
         study.tell(trial, [0.5, 0.3])
     seen = {(t.params["alpha"], t.params["tap_layer"]) for t in study.trials}
-    assert len(seen) == 6
+    assert len(seen) == len(alphas) * len(taps)

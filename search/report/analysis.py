@@ -247,7 +247,9 @@ def parameter_importances(run: RunData) -> tuple[dict[str, dict[str, float]], Op
     from optuna.trial import TrialState
 
     trials = [
-        t for t in run.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.params and t.values
+        t
+        for t in run.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.params and t.values and "duplicate_of" not in t.user_attrs  # a repeat would count its twin twice
     ]
     if len(trials) < MIN_TRIALS_FOR_IMPORTANCE:
         return {}, (

@@ -415,6 +415,8 @@ def _apply_study(by_id: dict[str, TrialRecord], study: Any) -> None:
     by_number = {t.number: t for t in by_id.values() if t.number is not None}
     state_names = {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED, TrialState.FAIL: ERROR}
     for frozen in study.get_trials(deepcopy=False):
+        if "duplicate_of" in frozen.user_attrs:
+            continue  # a proposal answered from an earlier trial's run, never run itself
         ray_id = frozen.user_attrs.get("ray_trial_id")
         trial = by_number.get(frozen.number) or (by_id.get(ray_id) if ray_id else None)
         told = state_names.get(frozen.state)
