@@ -194,3 +194,27 @@ def test_ray_results_alone_tell_which_trials_reported_their_last_rung(tmp_path):
     # trial still running without the experiment state, and the errored one reported nothing.
     assert [t.state for t in run.trials] == [COMPLETE] * 5 + [UNFINISHED] * 2
     assert [t.label for t in analyse(run).front] == ["#1", "#2", "#3"]
+
+
+def test_repeats_answered_from_earlier_runs_are_counted_not_shown_as_trials(tmp_path):
+    import optuna
+
+    from search.optuna_bridge import tell_as_duplicate, twin_of
+
+    run_dir = fixture.write_run(tmp_path / "run")
+    before_run = load_run(run_dir)
+    before = analyse(before_run)
+    study = optuna.load_study(study_name="fixture", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    twin_number = before.front[-1].number  # a completed search trial on the front
+    twin = study.get_trials(deepcopy=False)[twin_number]
+    study.enqueue_trial(twin.params)
+    repeat = study.ask(twin.distributions)
+    tell_as_duplicate(study, repeat, twin_of(study, repeat))
+
+    after_run = load_run(run_dir)
+    after = analyse(after_run)
+    assert [(t.trial_id, t.state) for t in after_run.trials] == [(t.trial_id, t.state) for t in before_run.trials]
+    assert after.savings.repeats_answered == 1 and before.savings.repeats_answered == 0
+    assert after.importances == before.importances  # the repeat's values do not count twice
+    write_report(run_dir, tmp_path / "report", png=False)
+    assert "1 proposal(s) of an already-run configuration were answered" in (tmp_path / "report" / "summary.md").read_text()

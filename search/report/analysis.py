@@ -42,6 +42,8 @@ class Savings:
     """Steps had every trial that ran gone to max_steps (None when max_steps is unknown)."""
     seconds_saved_estimate: Optional[float]
     """Stopped trials' remaining steps at the search's median seconds per step between rungs (None: unknown)."""
+    repeats_answered: int = 0
+    """Sampler proposals of an already-run configuration, answered from that run instead of training."""
 
     @property
     def steps_saved(self) -> Optional[int]:
@@ -185,12 +187,16 @@ def early_stopping_savings(run: RunData) -> Savings:
     seconds = None
     if run.max_steps and pace is not None:
         seconds = sum(pace * (run.max_steps - t.steps) for t in stopped)
+    repeats = 0
+    if run.study is not None:
+        repeats = sum("duplicate_of" in t.user_attrs for t in run.study.get_trials(deepcopy=False))
     return Savings(
         trials_run=len(ran),
         trials_stopped=len(stopped),
         steps_spent=spent,
         steps_without_stopping=full,
         seconds_saved_estimate=seconds,
+        repeats_answered=repeats,
     )
 
 

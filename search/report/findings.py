@@ -203,6 +203,9 @@ def _savings_statement(facts: Facts) -> str:
                  f"({100 * (s.fraction_saved or 0):.0f}%)")
     if s.seconds_saved_estimate:
         text += f", about {s.seconds_saved_estimate / 60:.1f} min at the search's own pace"
+    if s.repeats_answered:
+        text += (f"; {s.repeats_answered} proposal(s) of an already-run configuration were answered from that run "
+                 "instead of training again")
     return text + "."
 
 
