@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks, as one short script for a lent GPU machine (run from the repository root; about 8 min on
-# one H200). What it runs:
+# The GPU checks, as one short script for a lent GPU machine (run from the repository root; at most 10 min,
+# each step under its own timeout). What it runs:
 #   1. the CUDA tests (tests/test_gpu_path.py: DeepSpeed bf16 ZeRO-2 with the fused Triton CE kernel and
 #      ZeRO-3 with the checkpointed fallback; the CUDA case of tests/test_ib_ce_kernels.py);
 #   2. bench/ib_ce_kernels.py at the 7B and SmolLM2 LM-head shapes, bf16;
