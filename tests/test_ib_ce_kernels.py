@@ -59,13 +59,19 @@ def test_fused_matches_checkpointed_in_bf16():
     torch.testing.assert_close(grad_f.float(), grad_c.float(), rtol=2e-2, atol=2e-3)
 
 
-def test_fused_never_calls_the_head_module_and_needs_no_grad_buffer_without_grad():
+def test_fused_never_calls_the_head_module_and_skips_the_gradient_product_without_grad(monkeypatch):
+    from trainables.ib import fused_ce
+
     head = frozen_head()
     calls = []
     head.register_forward_pre_hook(lambda m, args: calls.append(1))
     hidden, targets = inputs()
-    with torch.no_grad():
+    asked_for_grad = []
+    math = fused_ce.chunk_loss_and_logit_grad
+    monkeypatch.setattr(fused_ce, "chunk_loss_and_logit_grad", lambda l, t, g: asked_for_grad.append(g) or math(l, t, g))
+    with torch.no_grad():  # evaluation: hidden still requires grad, but nothing will be differentiated
         no_grad_loss = fused_lm_head_cross_entropy(hidden, targets, head, 4)
+    assert asked_for_grad and not any(asked_for_grad)
     loss, _ = loss_and_grad(fused_lm_head_cross_entropy, hidden, targets, head, 4)
     assert calls == []
     torch.testing.assert_close(no_grad_loss, loss)

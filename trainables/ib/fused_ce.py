@@ -54,8 +54,7 @@ def compile_chunk_math() -> ChunkMath:
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, targets, weight, bias, chunk_size, chunk_math):  # noqa: D401 - autograd API
-        need_grad = ctx.needs_input_grad[0]
+    def forward(ctx, hidden, targets, weight, bias, chunk_size, chunk_math, need_grad):  # noqa: D401 - autograd API
         total = hidden.new_zeros((), dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden) if need_grad else None
         for start in range(0, hidden.shape[0], chunk_size):
@@ -71,7 +70,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_total):
         (grad_hidden,) = ctx.saved_tensors
         grad = grad_hidden * grad_total.to(grad_hidden.dtype) if grad_hidden is not None else None
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 def fused_lm_head_cross_entropy(
@@ -88,4 +87,9 @@ def fused_lm_head_cross_entropy(
     if lm_head.weight.requires_grad or (lm_head.bias is not None and lm_head.bias.requires_grad):
         raise ValueError("fused_lm_head_cross_entropy needs a frozen LM head (it computes no weight gradient)")
     chunk_math = compile_chunk_math() if compiled else chunk_loss_and_logit_grad
-    return _FusedLinearCrossEntropy.apply(hidden, targets, lm_head.weight, lm_head.bias, chunk_size, chunk_math)
+    # Decided here, not from ctx.needs_input_grad: that says requires_grad even under torch.no_grad(), and
+    # evaluation would then pay for a gradient product nobody uses.
+    need_grad = torch.is_grad_enabled() and hidden.requires_grad
+    return _FusedLinearCrossEntropy.apply(
+        hidden, targets, lm_head.weight, lm_head.bias, chunk_size, chunk_math, need_grad
+    )
