@@ -68,20 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         sync()
         return time.perf_counter() - start
 
-    seconds: dict[str, list[float]] = {k: [] for k in KERNELS}
-    ratios: dict[str, list[float]] = {k: [] for k in KERNELS if k != "checkpointed"}
-    for index in range(args.warmup + args.rounds):
-        shift = index % len(KERNELS)
-        order = KERNELS[shift:] + KERNELS[:shift]
-        times = {k: run(k) for k in order}
-        if index < args.warmup:
-            continue
-        for k in KERNELS:
-            seconds[k].append(times[k])
-        for k in ratios:
-            ratios[k].append(times[k] / times["checkpointed"])
-        print(f"round {index - args.warmup + 1}/{args.rounds}: " + "  ".join(f"{k} {times[k]*1e3:.1f}ms" for k in KERNELS),
-              file=sys.stderr, flush=True)
+    from bench.interleaved import interleaved_rounds
+
+    timed = interleaved_rounds({k: (lambda k=k: run(k)) for k in KERNELS}, "checkpointed", args.rounds, args.warmup, "ms")
+    seconds, ratios = timed["seconds"], timed["ratios"]
 
     peaks = {}
     if device.type == "cuda":

@@ -132,27 +132,15 @@ def train_step(model, optimizer, batch) -> float:
     return time.perf_counter() - start
 
 
-def time_variants(rounds: int, warmup: int) -> dict[str, list[float]]:
-    """Per-round step-time ratios (variant / plain of the same round) for every non-plain variant."""
+def time_variants(rounds: int, warmup: int) -> dict[str, dict[str, list[float]]]:
+    """Per-round step times and ratios (variant / plain of the same round) for every variant."""
+    from bench.interleaved import interleaved_rounds
+
     base = build_lora_model()
     batch = make_batch()
     runners = {name: make_variant(base, name) for name in VARIANTS}
-    names = list(VARIANTS)
-    ratios: dict[str, list[float]] = {name: [] for name in names if name != "plain"}
-    seconds: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(warmup + rounds):
-        shift = index % len(names)
-        order = names[shift:] + names[:shift]
-        times = {name: train_step(*runners[name], batch) for name in order}
-        if index < warmup:
-            continue
-        for name in names:
-            seconds[name].append(times[name])
-        for name in ratios:
-            ratios[name].append(times[name] / times["plain"])
-        print(f"round {index - warmup + 1}/{rounds}: "
-              + "  ".join(f"{n} {times[n]:.2f}s" for n in names), file=sys.stderr, flush=True)
-    return {"ratios": ratios, "seconds": seconds}
+    steps = {name: (lambda r=runner: train_step(*r, batch)) for name, runner in runners.items()}
+    return interleaved_rounds(steps, "plain", rounds, warmup)
 
 
 def measure_peak_rss(name: str, steps: int) -> dict[str, float]:

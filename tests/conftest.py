@@ -30,3 +30,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def ce_kernels_used(monkeypatch):
+    """The IB CE kernel each IB forward resolved to, in call order (trainables.ib.ce_kernels.resolve_kernel spied)."""
+    from trainables.ib import ce_kernels
+
+    used: list[str] = []
+    resolve = ce_kernels.resolve_kernel
+    monkeypatch.setattr(ce_kernels, "resolve_kernel", lambda *a: used.append(resolve(*a)) or used[-1])
+    return used

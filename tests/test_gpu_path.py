@@ -24,20 +24,16 @@ def one_rank_nccl_group(monkeypatch):
 
 
 @pytest.mark.parametrize("stage,kernel", [(2, "fused_compiled"), (3, "checkpointed")])
-def test_deepspeed_bf16_on_cuda_trains_like_plain_torch(tmp_path, one_rank_nccl_group, monkeypatch, stage, kernel):
+def test_deepspeed_bf16_on_cuda_trains_like_plain_torch(tmp_path, one_rank_nccl_group, ce_kernels_used, stage, kernel):
     from test_train_loop import tiny_config
-    from trainables.ib import ce_kernels
     from trainables.train.loop import train
 
-    used = []
-    resolve = ce_kernels.resolve_kernel
-    monkeypatch.setattr(ce_kernels, "resolve_kernel", lambda *a: used.append(resolve(*a)) or used[-1])
     sections = {"optim": {"max_steps": 4}, "checkpoint_every": 0, "model": {"dtype": "bf16"}}
     plain = train(tiny_config(tmp_path / "plain", **sections))
     ds = train(tiny_config(tmp_path / f"zero{stage}", **sections, deepspeed={"zero_stage": stage}))
 
     assert ds["engine"] == "deepspeed" and ds["steps"] == 4
-    assert used[-1] == kernel
+    assert ce_kernels_used[-1] == kernel
     # bf16 rounding and different reduction orders: the same run to within a few percent.
     assert ds["loss_history"] == pytest.approx(plain["loss_history"], rel=5e-2)
     assert (tmp_path / f"zero{stage}" / "final" / "adapter" / "adapter_model.safetensors").is_file()

@@ -6,7 +6,6 @@ import torch
 
 from process_groups import one_rank_process_group
 from test_train_loop import final_weights, tiny_config
-from trainables.ib import ce_kernels
 from trainables.train import checkpoint as ckpt
 from trainables.train.loop import TrainHooks, train
 
@@ -40,20 +39,17 @@ def test_deepspeed_zero2_matches_plain_torch_and_resumes(tmp_path, one_rank_gloo
 
 @pytest.mark.slow
 def test_deepspeed_zero3_trains_the_ib_model_like_plain_torch_and_saves_whole_weights(
-    tmp_path, one_rank_gloo_group, monkeypatch
+    tmp_path, one_rank_gloo_group, ce_kernels_used
 ):
     """ZeRO-3 partitions every parameter, the frozen (tied) LM head included: the IB branch must then score
     through the head module (ib.ce_kernel auto falls back to "checkpointed"), and saving must gather."""
-    kernels_used = []
-    resolve = ce_kernels.resolve_kernel
-    monkeypatch.setattr(ce_kernels, "resolve_kernel", lambda *a: kernels_used.append(resolve(*a)) or kernels_used[-1])
     sections = {"optim": {"max_steps": 3}, "checkpoint_every": 0}
     plain = train(tiny_config(tmp_path / "plain", **sections))
-    plain_kernels = set(kernels_used)
-    kernels_used.clear()
+    plain_kernels = set(ce_kernels_used)
+    ce_kernels_used.clear()
     zero3 = train(tiny_config(tmp_path / "z3", **sections, deepspeed={"zero_stage": 3}))
 
-    assert plain_kernels == {"fused"} and set(kernels_used) == {"checkpointed"}
+    assert plain_kernels == {"fused"} and set(ce_kernels_used) == {"checkpointed"}
 
     assert zero3["engine"] == "deepspeed" and zero3["steps"] == 3
     assert zero3["loss_history"] == pytest.approx(plain["loss_history"], rel=1e-5)
