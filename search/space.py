@@ -316,6 +316,9 @@ class BenchmarkSection(_Strict):
     """Generation length limit."""
     timeout: float = Field(default=10.0, gt=0)
     """Wall-clock seconds allowed to each sample's tests."""
+    batch_size: int = Field(default=40, ge=1)
+    """Sequences (tasks x samples) decoded together. 40 suits a CPU; on a GPU a whole split's samples fit in
+    one batch, and the decode loop costs about the same per token at any batch size, so raise it there."""
 
     @model_validator(mode="after")
     def _k_m_fit_n(self) -> "BenchmarkSection":

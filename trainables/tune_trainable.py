@@ -252,7 +252,11 @@ class _RungReporter:
             ks=bench["k"],
             ms=bench["m"],
             generation=GenerationSettings(
-                temperature=bench["temperature"], top_p=bench["top_p"], max_new_tokens=bench["max_new_tokens"]
+                temperature=bench["temperature"],
+                top_p=bench["top_p"],
+                max_new_tokens=bench["max_new_tokens"],
+                # Setups written before the field existed (a resumed search) decode 40 at a time, as they did.
+                batch_size=bench.get("batch_size", 40),
             ),
             workers=max(1, int(self.setup["resources"]["cpus_per_worker"])),
             seed=self.setup["seed"] + 7919 * self.rank,
