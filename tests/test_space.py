@@ -156,3 +156,22 @@ def test_space_validation_imports_neither_torch_nor_ray():
     )
     proc = subprocess.run([sys.executable, "-c", code, str(ROOT / "spaces" / "smoke.yaml")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_decode_batch_size_reaches_the_trials_generation(monkeypatch):
+    """validation/test batch_size (default 40, the CPU value) is what a trial's evaluation decodes at once."""
+    import trainables.evaluation as evaluation
+    import trainables.tune_trainable as tt
+
+    space = load_space(ROOT / "spaces" / "smollm2-gpu.yaml")
+    assert (space.validation.batch_size, space.test.batch_size) == (220, 400)
+    assert load_space(ROOT / "spaces" / "smoke.yaml").validation.batch_size == 40
+    bench = space.model_dump(mode="json")["validation"]
+
+    seen = []
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, generation, **kw: seen.append(generation.batch_size) or {})
+    reporter = object.__new__(tt._RungReporter)
+    reporter.setup, reporter.rank = {"resources": {"cpus_per_worker": 1}, "seed": 0}, 0
+    reporter._evaluate("val", bench, [], None, None)
+    reporter._evaluate("val", {k: v for k, v in bench.items() if k != "batch_size"}, [], None, None)
+    assert seen == [220, 40]  # a setup saved before the field existed decodes 40 at a time, as it did
