@@ -195,8 +195,23 @@ def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
     )
 
 
-def trial_records(result_grid) -> list[dict[str, Any]]:
-    """Plain records of every Tune trial of a finished (or interrupted) fit."""
+def cut_off_trials(space: SearchSpace, run_dir: Path) -> set[str]:
+    """Ray trial ids the study still holds as RUNNING after a fit: the trials Ctrl-C cut off.
+
+    The searcher tells the study of every trial that ends (completed, pruned by ASHA, failed), so RUNNING
+    there means the trial never ended. Tune's own status cannot say so: it marks the trials it stops on
+    the way out TERMINATED, like those ASHA stopped, and they would be listed as pruned.
+    """
+    from search.optuna_bridge import RAY_TRIAL_ID_ATTR
+
+    study = optuna.load_study(study_name=space.name, storage=f"sqlite:///{(run_dir / OPTUNA_DB).resolve()}")
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    return {t.user_attrs[RAY_TRIAL_ID_ATTR] for t in running if RAY_TRIAL_ID_ATTR in t.user_attrs}
+
+
+def trial_records(result_grid, cut_off: frozenset[str] | set[str] = frozenset()) -> list[dict[str, Any]]:
+    """Plain records of every Tune trial of a finished (or interrupted) fit; `cut_off`: ids of trials an
+    interruption stopped (see cut_off_trials), recorded as unfinished whatever Tune's status says."""
     from ray.tune.experiment import Trial
 
     records = []
@@ -210,7 +225,7 @@ def trial_records(result_grid) -> list[dict[str, Any]]:
                 "trial_id": trial.trial_id,
                 "config": trial.config,
                 "last_result": trial.last_result,
-                "finished": trial.status == Trial.TERMINATED,
+                "finished": trial.status == Trial.TERMINATED and trial.trial_id not in cut_off,
                 "errored": trial.status == Trial.ERROR,
                 "error": error,
             }
@@ -253,7 +268,7 @@ def run_search(space: SearchSpace, run_dir: Path, *, resume: bool, address: Opti
     _check_cluster_fits(space, address)
     tuner = build_tuner(space, run_dir, resume=resume)
     result_grid = tuner.fit()
-    records = trial_records(result_grid)
+    records = trial_records(result_grid, cut_off_trials(space, run_dir))
     front = write_tables(space, run_dir, records)
     states: dict[str, int] = {}
     from search.results import trial_row

@@ -24,14 +24,13 @@ def smoke_space_file(tmp: Path, **changes) -> Path:
 
 
 def start_tune(args: list[str], **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "search", "tune", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group: the test can clean up the Ray processes it starts
-        **kw,
-    )
+    options = {
+        "stdout": subprocess.PIPE,
+        "stderr": subprocess.PIPE,
+        "text": True,
+        "start_new_session": True,  # its own process group: the test can clean up the Ray processes it starts
+    }
+    return subprocess.Popen([sys.executable, "-m", "search", "tune", *args], **{**options, **kw})
 
 
 def finish_tune(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:

@@ -1,7 +1,8 @@
 """End to end on a real local Ray cluster: the smoke space searched with Ray Train + Tune + Optuna + ASHA.
 
 One search (the session fixture `smoke_run` of conftest.py, shared with the report's browser test) answers
-most questions; it includes a trial forced to a NaN loss. A second search is SIGKILLed mid-way and resumed. Each takes a few minutes on 2 CPU cores.
+most questions; it includes a trial forced to a NaN loss. A second search is SIGKILLed mid-way and resumed; a third is
+stopped with Ctrl-C (SIGINT) and resumed. Each takes a few minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -127,6 +128,50 @@ def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path):
         assert (by_number[number].state.name, by_number[number].values) == (state, values)  # nothing lost or redone
     rows = read_trials_csv(run_dir / "trials.csv")
     assert sorted(r["optuna_trial"] for r in rows) == sorted(trials)
+
+
+def test_ctrl_c_lists_cut_off_trials_as_unfinished_and_resume_finishes_them(tmp_path):
+    """Ctrl-C stops the running trials and Tune marks them TERMINATED, like the ones ASHA stopped; the tables
+    must still say they were cut off (not pruned), and --resume must finish them. Seen on a GPU search."""
+    space = smoke_space_file(tmp_path, num_samples=4)
+    run_dir = tmp_path / "runs" / "ctrlc"
+    log = (tmp_path / "stderr.log").open("w")  # a file, not a pipe nobody reads while the search runs
+    proc = start_tune([str(space), "--name", "ctrlc", "--storage-path", str(tmp_path / "runs")], stderr=log)
+    deadline = time.time() + 900
+    try:
+        while time.time() < deadline and proc.poll() is None and not _one_ended_one_running(run_dir, "ctrlc"):
+            time.sleep(2)
+        assert proc.poll() is None, "the search ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        kill_group(proc)
+        log.close()
+    err = (tmp_path / "stderr.log").read_text()
+    assert proc.returncode == 130, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1])["interrupted"] is True
+    cut_off = {t.user_attrs["ray_trial_id"] for t in _study(run_dir, "ctrlc").get_trials(states=(TrialState.RUNNING,))}
+    rows = {r["trial_id"]: r for r in read_trials_csv(run_dir / "trials.csv")}
+    assert cut_off and cut_off <= set(rows)
+    assert all(rows[t]["state"] == "UNFINISHED" for t in cut_off), rows
+    assert all(r["state"] != "UNFINISHED" for t, r in rows.items() if t not in cut_off)
+
+    code, out, err = finish_tune(start_tune(["--resume", str(run_dir)]), timeout=1500)
+    assert code == 0, err[-3000:]
+    rows = {r["trial_id"]: r for r in read_trials_csv(run_dir / "trials.csv")}
+    assert cut_off <= set(rows) and all(r["state"] in ("COMPLETE", "PRUNED", "ERROR") for r in rows.values()), rows
+    assert all(t.state.is_finished() for t in _study(run_dir, "ctrlc").get_trials())
+
+
+def _one_ended_one_running(run_dir: Path, name: str) -> bool:
+    """A trial has ended and another is running (so Ctrl-C now cuts one off mid-way)."""
+    if not (run_dir / "optuna.db").exists():
+        return False
+    try:
+        states = [t.state for t in _study(run_dir, name).get_trials(deepcopy=False)]
+    except Exception:  # the study is being created, or SQLite is busy
+        return False
+    return TrialState.RUNNING in states and any(state.is_finished() for state in states)
 
 
 def _finished_trials(db: Path) -> dict[int, tuple]:
