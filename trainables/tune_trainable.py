@@ -27,10 +27,10 @@ from typing import Any, Optional
 import ray.train
 from ray import tune
 from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from trainables.errors import ConfigError
+from trainables.ray_trainer import IBTorchTrainer
 
 DRIVER_RESOURCES = {"cpu": 0, "memory": 64 * 1024**2}
 """The Tune-side function only waits on its Train run; the run's workers hold the real resources.
@@ -111,7 +111,7 @@ def run_trial(config: dict[str, Any]) -> None:
     per_worker = {"CPU": resources["cpus_per_worker"]}
     if resources["gpus_per_worker"]:
         per_worker["GPU"] = resources["gpus_per_worker"]
-    trainer = TorchTrainer(
+    trainer = IBTorchTrainer(
         _worker_loop,
         train_loop_config={"train": train_dict, "setup": setup},
         scaling_config=ScalingConfig(

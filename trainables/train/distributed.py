@@ -37,7 +37,12 @@ def all_reduce_sum(values: list[float]) -> list[float]:
 
 def barrier() -> None:
     if is_distributed() and world_size() > 1:
-        dist.barrier()
+        if dist.get_backend() == "nccl":
+            # Without device_ids NCCL guesses this rank's GPU from its global rank, which hangs where ranks and
+            # GPUs are not numbered alike (uneven nodes); the loop has already chosen this rank's device.
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
 
 
 def _reduce_device() -> torch.device:
