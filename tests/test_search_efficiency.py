@@ -120,6 +120,20 @@ def test_asha_replay_stops_the_trials_a_hand_computation_says(tmp_path):
     assert [(t["state"], t["rungs"]) for t in replay.trials] == [("COMPLETE", 3), ("PRUNED", 1), ("PRUNED", 2), ("COMPLETE", 3)]
 
 
+def test_oracle_asha_decides_on_the_final_values(tmp_path):
+    curves = se.load_curves(_fake_curves(tmp_path / "c.json"))
+    # Order c3, c2, c1, c0; the oracle ranks every rung by the final one: c3 0.6+, c2 0.5+, c1 0.4+, c0 0.4+.
+    # c3 goes first and completes (24). c2 rung 1: cutoff c3's 0.6000008 > 0.5 -> STOP (8), where the real
+    # rung-1 value (0.2, ahead of c3's 0.2 on CE) let it go on to rung 2. c1, c0 rung 1: medians 0.55, 0.5 -> STOP.
+    replay = se.simulate(curves, se.FixedOrder([3, 2, 1, 0]), 48, asha=True, concurrency=1, oracle=True)
+    assert [(t["config"], t["state"], t["rungs"]) for t in replay.trials] == [
+        (3, "COMPLETE", 3), (2, "PRUNED", 1), (1, "PRUNED", 1), (0, "PRUNED", 1)
+    ]
+    assert replay.spent == 48
+    real = se.simulate(curves, se.FixedOrder([3, 2, 1, 0]), 64, asha=True, concurrency=1)
+    assert [(t["state"], t["rungs"]) for t in real.trials] == [("COMPLETE", 3), ("PRUNED", 2), ("PRUNED", 1), ("PRUNED", 2)]
+
+
 def test_grid_at_full_budget_has_the_hand_computed_hypervolume(tmp_path):
     curves = se.load_curves(_fake_curves(tmp_path / "c.json"))
     replay = se.simulate(curves, se.FixedOrder(se.grid_order(curves)), curves.full_budget, asha=False, concurrency=2)
