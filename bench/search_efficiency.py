@@ -29,6 +29,9 @@ counted once the whole round is spent):
   product's repeat answering; with replacement once all were run), full budget each.
 - grid: every configuration once in a fixed order (the product of the choices, in the order the parameters
   and their sorted values appear), full budget each; the same in every seed.
+- pareto: asha+tpe with asha.promotion "pareto": at each milestone a trial goes on when it ranks among the
+  best 1/rf of the trials recorded there on all objectives at once (non-dominated sorting, then crowding
+  distance; search.asha.ParetoRungs, the product's own book-keeping).
 - oracle: asha+tpe whose every ASHA decision sees the configuration's final rung instead of the current one,
   as if early results predicted the end perfectly. Not a method anyone can run: the bound on what a better
   early-stopping signal could buy with this proposer and budget; the gap from it to the target is the
@@ -342,15 +345,31 @@ def make_bracket(curves: Curves):
 
 
 def simulate(
-    curves: Curves, proposer: Proposer, budget: int, *, asha: bool, concurrency: int = 1, oracle: bool = False
+    curves: Curves,
+    proposer: Proposer,
+    budget: int,
+    *,
+    asha: bool,
+    concurrency: int = 1,
+    oracle: bool = False,
+    pareto: bool = False,
 ) -> Replay:
     """Run trials until `budget` trial-steps are spent, `concurrency` at a time in lockstep rung by rung
-    (`oracle`: ASHA ranks each trial by its configuration's final rung, see the module docstring)."""
+    (`oracle`: ASHA ranks each trial by its configuration's final rung; `pareto`: ASHA ranks on all objectives,
+    asha.promotion "pareto"; see the module docstring)."""
     from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
-    from search.asha import ranking_value
+    from search.asha import ParetoRungs, objective_values, ranking_value
 
-    bracket = make_bracket(curves) if asha else None
+    bracket = make_bracket(curves) if asha and not pareto else None
+    rungs_book = None
+    if asha and pareto:
+        rungs_book = ParetoRungs(
+            num_rungs=curves.num_rungs,
+            grace_period=int(curves.asha["grace_period"]),
+            reduction_factor=float(curves.asha["reduction_factor"]),
+            modes=["max"] * len(curves.objectives),
+        )
     metric, mode = curves.asha["metric"], curves.asha.get("mode", "max")
     tie_break = curves.asha.get("tie_break", "train_loss")
     workers: list[Optional[dict[str, Any]]] = [None] * concurrency
@@ -385,6 +404,14 @@ def simulate(
                 done_this_round.append(point)
                 proposer.tell(t["handle"], COMPLETE, list(point))
                 workers[w] = None
+            elif rungs_book is not None:
+                values = objective_values(row, list(zip(curves.objectives, curves.modes)), tie_break)
+                if values is None:
+                    continue
+                if rungs_book.decide(t["id"], t["rungs"], values)[0] == TrialScheduler.STOP:
+                    t["state"] = PRUNED
+                    proposer.tell(t["handle"], PRUNED, None)
+                    workers[w] = None
             elif bracket is not None:
                 score = ranking_value(config.rungs[-1] if oracle else row, metric, mode, tie_break)
                 if score is None:
@@ -434,7 +461,7 @@ class Outcome:
     """asha+tpe per seed: trials started, stopped, completed, distinct configurations completed."""
 
 
-METHODS = ("asha+tpe", "random", "grid", "oracle")
+METHODS = ("asha+tpe", "random", "grid", "oracle", "pareto")
 
 
 def replay_all(curves: Curves, seeds: int, concurrency: int, full_hv: float) -> Outcome:
@@ -453,6 +480,7 @@ def replay_all(curves: Curves, seeds: int, concurrency: int, full_hv: float) -> 
             "random": simulate(curves, UniformRandom(curves, seed), full_budget, asha=False, concurrency=concurrency),
             "grid": grid_replay,
             "oracle": simulate(curves, OptunaTPE(curves, seed), full_budget, asha=True, concurrency=concurrency, oracle=True),
+            "pareto": simulate(curves, OptunaTPE(curves, seed), full_budget, asha=True, concurrency=concurrency, pareto=True),
         }
         for m, rp in replays.items():
             for j, b in enumerate(budgets):
@@ -480,7 +508,8 @@ def _ratio_line(prefix: str, curves: Curves, seeds: int, out: Outcome) -> str:
         f"{prefix} ({curves.full_budget / 3:.0f} of {curves.full_budget} trial-steps), mean HV / full HV over "
         f"{seeds} seeds: asha+tpe {out.third['asha+tpe']:.3f} (target >= {TARGET}: {verdict}; {out.hit:.0%} of "
         f"seeds >= {TARGET}), random {out.third['random']:.3f}, grid {out.third['grid']:.3f}; "
-        f"oracle (ASHA deciding on final values) {out.third['oracle']:.3f}"
+        f"oracle (ASHA deciding on final values) {out.third['oracle']:.3f}; "
+        f"pareto (asha.promotion pareto) {out.third['pareto']:.3f}"
     )
 
 

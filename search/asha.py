@@ -94,6 +94,78 @@ class LoggedASHA(AsyncHyperBandScheduler):
         self._trial_info.pop(trial.trial_id, None)
 
 
+class ParetoRungs:
+    """The rung book-keeping of multi-objective successive halving: at each of Ray's ASHA milestones, the
+    objective values of every trial that reached it, and the decision for a newcomer (search.pareto.keeps_at_rung).
+    Milestones and when a trial is judged are exactly Ray's bracket's; only the comparison differs."""
+
+    def __init__(self, *, num_rungs: int, grace_period: int, reduction_factor: float, modes: list[str]) -> None:
+        from ray.tune.schedulers.async_hyperband import _Bracket
+
+        bracket = _Bracket(min_t=grace_period, max_t=num_rungs, reduction_factor=reduction_factor, s=0, stop_last_trials=True)
+        self.milestones = [milestone for milestone, _ in bracket._rungs]  # highest first, as Ray checks them
+        self.recorded: dict[int, dict[str, tuple[float, ...]]] = {m: {} for m in self.milestones}
+        self.modes = list(modes)
+        self.reduction_factor = reduction_factor
+
+    def decide(self, trial_id: str, rung: int, values: tuple[float, ...]) -> tuple[str, Optional[tuple[int, int]]]:
+        """(CONTINUE or STOP, (trials ranked at this milestone, how many of them go on)); None when no
+        milestone judges this result (before the first one, or already judged at it)."""
+        from search.pareto import keeps_at_rung
+
+        for milestone in self.milestones:
+            recorded = self.recorded[milestone]
+            if rung < milestone or trial_id in recorded:
+                continue
+            keep = keeps_at_rung(values, list(recorded.values()), self.modes, self.reduction_factor)
+            recorded[trial_id] = tuple(values)
+            quota = math.ceil(len(recorded) / self.reduction_factor)
+            return (TrialScheduler.CONTINUE if keep else TrialScheduler.STOP), (len(recorded), quota)
+        return TrialScheduler.CONTINUE, None
+
+
+def objective_values(result: dict, objectives: list[tuple[str, str]], tie_break: str) -> Optional[tuple[float, ...]]:
+    """A rung's objective values, each as ranking_value makes it (higher is better, ties by train CE); None
+    when one is missing or not finite."""
+    values = [ranking_value(result, metric, mode, tie_break) for metric, mode in objectives]
+    return None if any(v is None for v in values) else tuple(values)  # type: ignore[misc]
+
+
+class ParetoASHA(LoggedASHA):
+    """ASHA whose rung decisions rank trials on all objectives (asha.promotion "pareto"), printing each one."""
+
+    def __init__(self, *, objectives: list[tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._objectives = list(objectives)
+        self._pareto = ParetoRungs(
+            num_rungs=kwargs["num_rungs"],
+            grace_period=kwargs["grace_period"],
+            reduction_factor=kwargs["reduction_factor"],
+            modes=["max"] * len(objectives),  # objective_values already turned every objective into max
+        )
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        rung = result.get(RUNG_KEY)
+        values = objective_values(result, self._objectives, self._tie_break)
+        if rung is None or values is None:
+            return TrialScheduler.CONTINUE
+        shown = ", ".join(f"{metric}={result[metric]:.4f}" for metric, _ in self._objectives)
+        if rung >= self._max_t:
+            self._print(f"ASHA {trial.trial_id} rung {rung}/{self._max_t}: {shown} -> FINISHED")
+            return TrialScheduler.CONTINUE  # the trainable returns by itself after its last rung (see LoggedASHA)
+        action, standing = self._pareto.decide(trial.trial_id, rung, values)
+        if standing is None:
+            return action
+        if action == TrialScheduler.STOP:
+            self._num_stopped += 1
+        ranked, quota = standing
+        self._print(
+            f"ASHA {trial.trial_id} rung {rung}/{self._max_t}: {shown} (Pareto rank among {ranked} at this rung, "
+            f"best {quota} go on) -> {'STOP' if action == TrialScheduler.STOP else 'CONTINUE'}"
+        )
+        return action
+
+
 def _cutoff_at(bracket: Any, rung: int, trial_id: str) -> Optional[float]:
     """The cutoff the bracket will apply to this trial at this rung (None: nothing recorded, or no decision)."""
     for milestone, recorded in bracket._rungs:
@@ -104,11 +176,12 @@ def _cutoff_at(bracket: Any, rung: int, trial_id: str) -> Optional[float]:
 
 
 def make_scheduler(space: Any) -> TrialScheduler:
-    """The search's trial scheduler: LoggedASHA on the space's asha section, or Ray's FIFOScheduler (no early
-    stopping, every trial runs all its rungs) when asha.enabled is false."""
+    """The search's trial scheduler: LoggedASHA on the space's asha section (ParetoASHA with promotion
+    "pareto"), or Ray's FIFOScheduler (no early stopping, every trial runs all its rungs) when asha.enabled
+    is false."""
     if not space.asha.enabled:
         return FIFOScheduler()
-    return LoggedASHA(
+    settings = dict(
         metric=space.asha.metric,
         mode=space.asha.mode,
         num_rungs=space.num_rungs,
@@ -116,3 +189,6 @@ def make_scheduler(space: Any) -> TrialScheduler:
         reduction_factor=space.asha.reduction_factor,
         tie_break=space.asha.tie_break,
     )
+    if space.asha.promotion == "pareto":
+        return ParetoASHA(objectives=[(o.metric, o.mode) for o in space.objectives], **settings)
+    return LoggedASHA(**settings)

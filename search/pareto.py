@@ -61,3 +61,59 @@ def hypervolume(points: Sequence[Point], modes: Sequence[str], reference: Point)
     if not losses:
         return 0.0
     return float(compute_hypervolume(np.stack(losses), ref))
+
+
+def promotion_order(points: Sequence[Point], modes: Sequence[str]) -> list[int]:
+    """Indices best first, the way NSGA-II ranks a population: by non-dominated front (Optuna's fast
+    non-dominated sort), then within a front by crowding distance, largest first (a front's extremes are
+    infinitely far, so the best point on each objective leads its front). Ties keep input order.
+
+    All points must be finite (a rung's results are, or ASHA makes no decision on them).
+    """
+    if not points:
+        return []
+    if not all(len(p) == len(modes) and _is_valid(p) for p in points):
+        raise ValueError(f"points must be finite and have {len(modes)} values each")
+    import numpy as np
+    from optuna.study._multi_objective import _fast_non_domination_rank
+
+    sign = np.array([-1.0 if m == "max" else 1.0 for m in modes])
+    losses = np.asarray(points, dtype=float) * sign
+    fronts = _fast_non_domination_rank(losses)
+    crowding = [0.0] * len(points)
+    for front in set(fronts.tolist()):
+        members = [i for i in range(len(points)) if fronts[i] == front]
+        for i, distance in zip(members, crowding_distances(losses[members].tolist())):
+            crowding[i] = distance
+    return sorted(range(len(points)), key=lambda i: (fronts[i], -crowding[i], i))
+
+
+def crowding_distances(losses: Sequence[Point]) -> list[float]:
+    """NSGA-II crowding distance of each point of one front: per objective, the gap between its two
+    neighbours in that objective's order over the front's range, summed; the ends of each order are inf."""
+    n = len(losses)
+    distance = [0.0] * n
+    if n <= 2:
+        return [math.inf] * n
+    for k in range(len(losses[0])):
+        order = sorted(range(n), key=lambda i: losses[i][k])
+        low, high = losses[order[0]][k], losses[order[-1]][k]
+        distance[order[0]] = distance[order[-1]] = math.inf
+        if high == low:
+            continue
+        for prev, mid, nxt in zip(order, order[1:], order[2:]):
+            distance[mid] += (losses[nxt][k] - losses[prev][k]) / (high - low)
+    return distance
+
+
+def keeps_at_rung(current: Point, recorded: Sequence[Point], modes: Sequence[str], reduction_factor: float) -> bool:
+    """Multi-objective successive halving: whether a trial with `current` objective values goes on past a rung
+    where `recorded` are the earlier trials' values. It goes on when it ranks (promotion_order, placed before
+    any identical point) among the best ceil((len(recorded) + 1) / reduction_factor) of them all, the
+    multi-objective reading of ASHA's "not below the (1 - 1/rf) quantile"; the first trial always goes on.
+    """
+    if not recorded:
+        return True
+    points = [current, *recorded]  # index 0: the current trial wins ties by input order
+    place = promotion_order(points, modes).index(0)
+    return place < math.ceil(len(points) / reduction_factor)

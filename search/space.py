@@ -364,6 +364,11 @@ class AshaSection(_Strict):
     tie_break: Literal["train_loss", "none"] = "train_loss"
     """With few tasks and samples many trials tie on the metric; "train_loss" ranks tied trials by their
     mean CE_ft over the rung (a perturbation far below one sample's worth of pass rate), "none" keeps ties."""
+    promotion: Literal["metric", "pareto"] = "metric"
+    """How a rung's trials are ranked. "metric": on `metric` alone (Ray's ASHA). "pareto": on every objective
+    at once (non-dominated sorting, then crowding distance, as NSGA-II ranks), keeping the best
+    1/reduction_factor; a trial that leads on one objective is then never stopped for trailing on `metric`.
+    Needs objectives reported at every rung (validation metrics)."""
 
 
 class ResourcesSection(_Strict):
@@ -574,6 +579,13 @@ class SearchSpace(_Strict):
                 )
         if len({o.metric for o in self.objectives}) != len(self.objectives):
             raise ValueError("objectives must not repeat a metric")
+        if self.asha.enabled and self.asha.promotion == "pareto":
+            late = [o.metric for o in self.objectives if o.metric not in validation]
+            if late:
+                raise ValueError(
+                    f"asha.promotion 'pareto' ranks rungs on the objectives, but {', '.join(late)} is reported only "
+                    "at the last rung; use validation objectives or promotion 'metric'"
+                )
         if self.memorization.enabled:
             memo = self.memorization
             available = min(memo.max_examples, self.data.max_examples or memo.max_examples)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from search.pareto import dominates, non_dominated
+from search.pareto import crowding_distances, dominates, keeps_at_rung, non_dominated, promotion_order
 from search.results import pareto_front, read_trials_csv, write_pareto_json, write_trials_csv
 
 
@@ -81,3 +81,36 @@ def _row(trial_id, number, state, p1, p10):
         "checkpoint_path": None,
         "error": None,
     }
+
+
+def test_promotion_order_ranks_by_front_then_crowding():
+    # (0.5, 0.36) dominates (0.5, 0.3); fronts: {1, 2}, {0}, {4}, {3}; a 2-point front's members are both ends.
+    points = [(0.5, 0.3), (0.52, 0.27), (0.5, 0.36), (0.3, 0.1), (0.4, 0.2)]
+    assert promotion_order(points, ["max", "max"]) == [1, 2, 0, 4, 3]
+    # One front of four: the ends are infinitely far; P2's neighbours span 0.9 of each range, P1's 0.5.
+    front = [(0, 10), (1, 9), (5, 5), (10, 0)]
+    assert promotion_order(front, ["max", "max"]) == [0, 3, 2, 1]
+    assert promotion_order([(1,), (3,), (2,)], ["min"]) == [0, 2, 1]
+    assert promotion_order([], ["max"]) == []
+    with pytest.raises(ValueError):
+        promotion_order([(0.1, float("nan"))], ["max", "max"])
+
+
+def test_crowding_distances_hand_worked():
+    assert crowding_distances([(0, 3), (1, 1), (3, 0)]) == [math.inf, 2.0, math.inf]
+    assert crowding_distances([(0, 1), (1, 0)]) == [math.inf, math.inf]
+
+
+def test_keeps_at_rung_reads_like_asha_on_one_objective():
+    # Ray's ASHA: go on unless below the (1 - 1/rf) quantile of the values recorded before.
+    assert keeps_at_rung((0.3,), [], ["max"], 2) is True  # the first trial always goes on
+    assert keeps_at_rung((0.1,), [(0.2,)], ["max"], 2) is False  # cutoff 0.2
+    assert keeps_at_rung((0.15,), [(0.2,), (0.1,)], ["max"], 2) is True  # cutoff (median) 0.15: a tie goes on
+    assert keeps_at_rung((0.45,), [(0.5,), (0.4,)], ["max"], 3) is False  # cutoff 0.467
+
+
+def test_keeps_at_rung_keeps_a_trial_that_leads_on_another_objective():
+    # Best on pass@1, worst on pass@10(10): ASHA on pass@10(10) would stop it (0.1 < median 0.25); on both
+    # objectives it shares the first front with (0.5, 0.3), and the best 2 of 3 go on.
+    assert keeps_at_rung((0.55, 0.1), [(0.5, 0.3), (0.4, 0.2)], ["max", "max"], 2) is True
+    assert keeps_at_rung((0.4, 0.2), [(0.5, 0.3), (0.55, 0.1)], ["max", "max"], 2) is False  # dominated

@@ -134,6 +134,21 @@ def test_oracle_asha_decides_on_the_final_values(tmp_path):
     assert [(t["state"], t["rungs"]) for t in real.trials] == [("COMPLETE", 3), ("PRUNED", 2), ("PRUNED", 1), ("PRUNED", 2)]
 
 
+def test_pareto_promotion_keeps_the_trial_that_leads_on_pass_at_1(tmp_path):
+    curves = se.load_curves(_fake_curves(tmp_path / "c.json"))
+    # Rung vectors (pass@1, pass@10(10)), +1e-6/(1+CE) each: pass@1 is half the final before the last rung.
+    # c1 rung 1 (0.25, 0.1) vs c0 (0.15, 0.2): one front, c1 first by input order, 1 of 2 goes on -> on; at
+    #   rung 2 (0.25, 0.4) dominates c0's (0.15, 0.3) -> on, completes. (Ranked on pass@10(10) alone it stopped.)
+    # c2 rung 1 (0.05, 0.2+6.7e-7): c0, c1, c2 share one front, c2 an end (infinite crowding) -> on;
+    #   rung 2 (0.05, 0.2) is dominated by c0 and c1 -> 3rd of 3, 2 go on -> STOP.
+    # c3 rung 1 (0.1, 0.2+3.3e-7): dominated by c0's (0.15, 0.2+5e-7) -> 4th of 4 -> STOP.
+    replay = se.simulate(curves, se.FixedOrder([0, 1, 2, 3]), 72, asha=True, concurrency=1, pareto=True)
+    assert [(t["config"], t["state"], t["rungs"]) for t in replay.trials] == [
+        (0, "COMPLETE", 3), (1, "COMPLETE", 3), (2, "PRUNED", 2), (3, "PRUNED", 1)
+    ]
+    assert replay.spent == 72 and [p for _, p in replay.completions] == [(0.3, 0.4), (0.5, 0.4)]
+
+
 def test_grid_at_full_budget_has_the_hand_computed_hypervolume(tmp_path):
     curves = se.load_curves(_fake_curves(tmp_path / "c.json"))
     replay = se.simulate(curves, se.FixedOrder(se.grid_order(curves)), curves.full_budget, asha=False, concurrency=2)

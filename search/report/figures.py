@@ -394,7 +394,8 @@ def rung_metrics_figure(facts: Facts) -> Optional[go.Figure]:
     trials = [t for t in run.trials if any(m in r for r in t.rungs for m in metrics)]
     if not trials:
         return None
-    titles = [m + (" (ASHA ranks on this)" if m == run.asha_metric else "") for m in metrics]
+    ranked = [o["metric"] for o in run.objectives] if run.asha_promotion == "pareto" else [run.asha_metric]
+    titles = [m + (" (ASHA ranks on this)" if m in ranked else "") for m in metrics]
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=titles)
     for index, trial in enumerate(trials):
         color = trial_color(trial, index)

@@ -95,6 +95,8 @@ class RunData:
     """Every trial, in Optuna order."""
     asha_metric: Optional[str] = None
     """The metric ASHA ranked on."""
+    asha_promotion: str = "metric"
+    """"pareto" when ASHA ranked each rung on all objectives instead of asha_metric alone."""
     rung_steps: Optional[int] = None
     """Optimizer steps per rung."""
     max_steps: Optional[int] = None
@@ -142,6 +144,7 @@ def load_run(run_dir: Path | str) -> RunData:
         objectives=objectives,
         trials=trials,
         asha_metric=((space or {}).get("asha") or {}).get("metric"),
+        asha_promotion=((space or {}).get("asha") or {}).get("promotion") or "metric",
         rung_steps=training.get("rung_steps"),
         max_steps=training.get("max_steps"),
         num_samples=(space or {}).get("num_samples"),
