@@ -404,19 +404,14 @@ def simulate(
                 done_this_round.append(point)
                 proposer.tell(t["handle"], COMPLETE, list(point))
                 workers[w] = None
-            elif rungs_book is not None:
-                values = objective_values(row, list(zip(curves.objectives, curves.modes)), tie_break)
-                if values is None:
-                    continue
-                if rungs_book.decide(t["id"], t["rungs"], values)[0] == TrialScheduler.STOP:
-                    t["state"] = PRUNED
-                    proposer.tell(t["handle"], PRUNED, None)
-                    workers[w] = None
-            elif bracket is not None:
-                score = ranking_value(config.rungs[-1] if oracle else row, metric, mode, tie_break)
-                if score is None:
-                    continue  # LoggedASHA: no usable metric, no decision
-                action = bracket.on_result(SimpleNamespace(trial_id=t["id"]), t["rungs"], score)
+            elif bracket is not None or rungs_book is not None:
+                if rungs_book is not None:
+                    values = objective_values(row, list(zip(curves.objectives, curves.modes)), tie_break)
+                    action = None if values is None else rungs_book.decide(t["id"], t["rungs"], values)[0]
+                else:
+                    score = ranking_value(config.rungs[-1] if oracle else row, metric, mode, tie_break)
+                    action = None if score is None else bracket.on_result(SimpleNamespace(trial_id=t["id"]), t["rungs"], score)
+                # None: no usable values, no decision (as LoggedASHA and ParetoASHA do)
                 if action == TrialScheduler.STOP:
                     t["state"] = PRUNED
                     proposer.tell(t["handle"], PRUNED, None)
