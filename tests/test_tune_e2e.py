@@ -106,7 +106,8 @@ def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path):
             finished = _finished_trials(db)
             if finished:
                 break
-        assert proc.poll() is None, "the search ended before it could be killed"
+        if proc.poll() is not None:
+            pytest.fail(f"the search ended (exit {proc.returncode}) before it could be killed:\n{proc.stderr.read()[-3000:]}")
         os.kill(proc.pid, signal.SIGKILL)  # the driver only, mid-search
         proc.wait(timeout=60)
     finally:
@@ -144,7 +145,8 @@ def test_ctrl_c_lists_cut_off_trials_as_unfinished_and_resume_finishes_them(tmp_
     try:
         while time.time() < deadline and proc.poll() is None and not _one_ended_one_running(run_dir, "ctrlc"):
             time.sleep(2)
-        assert proc.poll() is None, "the search ended before it could be interrupted"
+        if proc.poll() is not None:
+            pytest.fail(f"the search ended (exit {proc.returncode}) before it could be interrupted:\n{log_text(tmp_path)}")
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=300)
     finally:
@@ -164,6 +166,10 @@ def test_ctrl_c_lists_cut_off_trials_as_unfinished_and_resume_finishes_them(tmp_
     rows = {r["trial_id"]: r for r in read_trials_csv(run_dir / "trials.csv")}
     assert cut_off <= set(rows) and all(r["state"] in ("COMPLETE", "PRUNED", "ERROR") for r in rows.values()), rows
     assert all(t.state.is_finished() for t in _study(run_dir, "ctrlc").get_trials())
+
+
+def log_text(tmp_path: Path) -> str:
+    return (tmp_path / "stderr.log").read_text()[-3000:]
 
 
 def _one_ended_one_running(run_dir: Path, name: str) -> bool:
