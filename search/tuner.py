@@ -153,9 +153,7 @@ def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
             restart_errored=False,
             param_space=param_space,
         )
-    storage = optuna.storages.RDBStorage(
-        f"sqlite:///{(run_dir / OPTUNA_DB).resolve()}", engine_kwargs={"connect_args": {"timeout": 60}}
-    )
+    storage = open_study_storage(run_dir / OPTUNA_DB)
     searcher = PrunedAwareOptunaSearch(space, sampler=_sampler(space), storage=storage, study_name=space.name)
     scheduler = make_scheduler(space)
     from search.pg_reaper import PlacementGroupReaper
@@ -193,6 +191,33 @@ def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
             verbose=1,
         ),
     )
+
+
+STORAGE_OPEN_ATTEMPTS = 5
+
+
+def open_study_storage(db: Path) -> optuna.storages.RDBStorage:
+    """The search's SQLite study storage, created on first use.
+
+    Creating it writes Optuna's schema and then its version row. Anything else that opens the brand-new file
+    read-write at that moment (optuna-dashboard started early, a script polling the study) writes the same
+    row, and whichever inserts second fails on the unique version: a search crashed at start-up that way
+    in a test. By then the schema is complete, so opening again succeeds.
+    """
+    import time
+
+    import sqlalchemy.exc
+
+    for attempt in range(1, STORAGE_OPEN_ATTEMPTS + 1):
+        try:
+            return optuna.storages.RDBStorage(
+                f"sqlite:///{db.resolve()}", engine_kwargs={"connect_args": {"timeout": 60}}
+            )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == STORAGE_OPEN_ATTEMPTS:
+                raise
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
 
 
 def cut_off_trials(space: SearchSpace, run_dir: Path) -> set[str]:

@@ -183,3 +183,38 @@ def test_twin_rules_on_hand_made_trials():
         again = trial_with(alpha)
         assert twin_of(study, again).number == twin_number
         study.tell(again, state=TrialState.FAIL)
+
+
+def test_study_storage_opens_again_after_losing_the_schema_race(tmp_path, monkeypatch):
+    """Another process initialising the same new SQLite file first makes Optuna's version insert fail
+    (seen in a fresh-clone run: UNIQUE constraint failed: alembic_version.version_num); the search opens
+    the storage again instead of crashing."""
+    import optuna
+    import sqlalchemy.exc
+
+    from search import tuner
+
+    db = tmp_path / "optuna.db"
+    other = optuna.storages.RDBStorage(f"sqlite:///{db}")  # the other process got there first
+    real_init = optuna.storages.RDBStorage.__init__
+    calls = []
+
+    def racing_init(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "__init__", racing_init)
+    storage = tuner.open_study_storage(db)
+    assert len(calls) == 2
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s")
+    assert other.get_study_id_from_name("s") == study_id  # one database, shared
+
+    def always_locked(self, *args, **kwargs):
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "__init__", always_locked)
+    monkeypatch.setattr(tuner, "STORAGE_OPEN_ATTEMPTS", 2)
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        tuner.open_study_storage(db)  # a lasting failure still surfaces
