@@ -229,7 +229,7 @@ def cut_off_trials(space: SearchSpace, run_dir: Path) -> set[str]:
     """
     from search.optuna_bridge import RAY_TRIAL_ID_ATTR
 
-    study = optuna.load_study(study_name=space.name, storage=f"sqlite:///{(run_dir / OPTUNA_DB).resolve()}")
+    study = optuna.load_study(study_name=space.name, storage=open_study_storage(run_dir / OPTUNA_DB))
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     return {t.user_attrs[RAY_TRIAL_ID_ATTR] for t in running if RAY_TRIAL_ID_ATTR in t.user_attrs}
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 
-import ray
 from ray.train.torch import TorchTrainer
 
 logger = logging.getLogger(__name__)
