@@ -255,8 +255,8 @@ class _RungReporter:
                 temperature=bench["temperature"],
                 top_p=bench["top_p"],
                 max_new_tokens=bench["max_new_tokens"],
-                # Setups written before the field existed (a resumed search) decode 40 at a time, as they did.
-                batch_size=bench.get("batch_size", 40),
+                # Setups written before the field existed (a resumed search) keep GenerationSettings' default.
+                **({"batch_size": bench["batch_size"]} if "batch_size" in bench else {}),
             ),
             workers=max(1, int(self.setup["resources"]["cpus_per_worker"])),
             seed=self.setup["seed"] + 7919 * self.rank,
