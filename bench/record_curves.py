@@ -1,12 +1,18 @@
-"""Turn a finished search run into a small learning-curves file for the efficiency replay.
+"""Turn finished search runs into a small learning-curves file for the efficiency replay.
 
-Reads RUN_DIR with search.report.load (Ray's per-rung results, trials.csv, the study) and writes JSON:
-the space name, the commands that produced the data, the date, the search settings the replay needs (rung
-size, objectives, the asha section, max_concurrent) and, per trial, its role, params, state and per-rung
-{rung, step, val metrics, train CE}. Meant for a search run without early stopping (spaces/smollm2-grid.yaml:
+Reads each RUN_DIR with search.report.load (Ray's per-rung results, trials.csv, the study) and writes JSON:
+the space names, the commands that produced the data, the date, the search settings the replay needs (rung
+size, objectives, the asha section, max_concurrent) and, per trial, its run, role, params, state and per-rung
+{rung, step, val metrics, train CE}. Meant for search runs without early stopping (spaces/smollm2-grid.yaml:
 asha.enabled false), so every trial has a full curve; trials stopped early are written as they are.
 
-Usage: python bench/record_curves.py RUN_DIR --out bench/data/smollm2_curves.json [--search-command "..."]
+Several RUN_DIRs are parts of one grid recorded separately (spaces/smollm2-grid.yaml and
+smollm2-grid-learnable.yaml): every setting the replay reads must be equal across them, and a configuration
+run in more than one of them (the preset trials every search starts with) must have reproduced its curve
+exactly; both are checked, and the reruns are listed in the file ("reruns").
+
+Usage: python bench/record_curves.py RUN_DIR [RUN_DIR ...] --out bench/data/smollm2_curves.json
+       [--search-command "..." (one per RUN_DIR)]
 """
 from __future__ import annotations
 
@@ -47,8 +53,12 @@ def _params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+SHARED = ("model", "validation", "rung_steps", "max_steps", "num_rungs", "max_concurrent", "objectives", "asha")
+"""Settings that must be equal in every part of a grid recorded in several runs."""
+
+
 def record(run_dir: Path, search_command: str | None, record_command: str) -> dict[str, Any]:
-    """The curves document of RUN_DIR (search_command None: reconstructed from the run's space name)."""
+    """The curves document of one RUN_DIR (search_command None: reconstructed from the run's space name)."""
     from search.report.load import load_run
     from search.space import load_space
 
@@ -106,24 +116,96 @@ def record(run_dir: Path, search_command: str | None, record_command: str) -> di
     }
 
 
+def _curve_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def reruns(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Configurations recorded more than once with all the rungs of the first: whether every per-rung value
+    of each later recording equals the first's, and the largest difference."""
+    first: dict[str, dict[str, Any]] = {}
+    out = []
+    for c in configs:
+        key = _curve_key(c["params"])
+        if key not in first:
+            first[key] = c
+            continue
+        a, b = first[key]["rungs"], c["rungs"]
+        diffs = [
+            abs(ra[k] - rb[k]) for ra, rb in zip(a, b) for k in ra.keys() & rb.keys() if k.startswith(("val/", "train/"))
+        ]
+        out.append(
+            {
+                "params": c["params"],
+                "recordings": [f"{x['run']} trial {x['trial']}" for x in (first[key], c)],
+                "rungs": [len(a), len(b)],
+                "identical": len(a) == len(b) and max(diffs, default=0.0) == 0.0,
+                "max_abs_diff": max(diffs, default=0.0),
+            }
+        )
+    return out
+
+
+def merge(docs: list[dict[str, Any]], record_command: str) -> dict[str, Any]:
+    """One curves document of several runs of parts of one grid. ValueError when a setting the replay reads
+    differs between them."""
+    head = docs[0]
+    for doc in docs[1:]:
+        for key in SHARED:
+            if doc[key] != head[key]:
+                raise ValueError(f"{key} differs between {head['space']} ({head[key]!r}) and {doc['space']} ({doc[key]!r})")
+    configs = []
+    for doc in docs:
+        configs += [{"run": doc["space"], **c} for c in doc["configs"]]
+    return {
+        "format": FORMAT,
+        "space": " + ".join(d["space"] for d in docs),
+        "commands": {"search": [d["commands"]["search"] for d in docs], "record": record_command},
+        "date": head["date"],
+        "runs": [
+            {k: d[k] for k in ("space", "sampler", "search_started", "search_wall_s")} | {"trials": len(d["configs"])}
+            for d in docs
+        ],
+        **{k: head[k] for k in SHARED},
+        "sampler": head["sampler"] if len({d["sampler"] for d in docs}) == 1 else "mixed",
+        "reruns": reruns(configs),
+        "configs": configs,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path, help="a finished search run directory (STORAGE_PATH/NAME)")
+    parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="a finished search run directory (STORAGE_PATH/NAME)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument(
         "--search-command",
+        action="append",
         default=None,
-        help="the `ibft tune` command that produced RUN_DIR (default: reconstructed from the directory)",
+        help="the `ibft tune` command that produced RUN_DIR, once per RUN_DIR in order (default: reconstructed "
+        "from the directory)",
     )
     args = parser.parse_args(argv)
-    run_dir = args.run_dir
-    search_command = args.search_command
+    commands = args.search_command or [None] * len(args.run_dirs)
+    if len(commands) != len(args.run_dirs):
+        parser.error(f"{len(commands)} --search-command for {len(args.run_dirs)} RUN_DIRs: give one per RUN_DIR or none")
     record_command = shlex.join(["python", "bench/record_curves.py", *(sys.argv[1:] if argv is None else argv)])
+    docs = []
+    for run_dir, command in zip(args.run_dirs, commands):
+        try:
+            docs.append(record(run_dir, command, record_command))
+        except Exception as e:  # one line, like the CLI
+            print(f"record_curves: {run_dir}: {e}", file=sys.stderr)
+            return 2
     try:
-        doc = record(run_dir, search_command, record_command)
-    except Exception as e:  # one line, like the CLI
-        print(f"record_curves: {run_dir}: {e}", file=sys.stderr)
+        doc = merge(docs, record_command)
+    except ValueError as e:
+        print(f"record_curves: {e}", file=sys.stderr)
         return 2
+    for r in doc["reruns"]:
+        verdict = "identical" if r["identical"] else f"DIFFERENT (largest difference {r['max_abs_diff']:g})"
+        print(f"rerun of {_curve_key(r['params'])}: {' and '.join(r['recordings'])}: {verdict}")
+    if not all(r["identical"] for r in doc["reruns"]):
+        print("record_curves: a configuration did not reproduce its curve; the replay uses the first recording", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     full = sum(1 for c in doc["configs"] if len(c["rungs"]) == doc["num_rungs"])

@@ -24,9 +24,10 @@ counted once the whole round is spent):
   far) ranking by search.asha.ranking_value (ties broken by the rung's train CE); stopped trials are told to
   Optuna as PRUNED, trials that reach the last rung as COMPLETE with their final values. A proposal of a
   configuration already run is answered from that run at no cost and another is asked for, as
-  search.optuna_bridge does (twin_of / tell_as_duplicate, at most MAX_DUPLICATE_ASKS in a row).
+  search.optuna_bridge does (twin_of / tell_as_duplicate); after MAX_DUPLICATE_ASKS such answers in a row an
+  untried grid point is run, and once every grid point ran the search ends.
 - random: grid configurations drawn uniformly among those not run yet (Optuna's RandomSampler with the
-  product's repeat answering; with replacement once all were run), full budget each.
+  product's repeat answering; the search ends once all were run), full budget each.
 - grid: every configuration once in a fixed order (the product of the choices, in the order the parameters
   and their sorted values appear), full budget each; the same in every seed.
 - pareto: asha+tpe with asha.promotion "pareto": at each milestone a trial goes on when it ranks among the
@@ -42,6 +43,7 @@ every configuration at full budget. The full budget is configurations x max_step
 method spends); the headline is the mean ratio at one third of it (target >= 0.95).
 
 Usage: python bench/search_efficiency.py [--curves bench/data/smollm2_curves.json] [--seeds 50] [--no-presets]
+       [--startup-trials N]
 Always exits 0 when the data loads; prints PASS/MISS for the target.
 """
 from __future__ import annotations
@@ -144,7 +146,7 @@ def load_curves(path: Path, *, presets: bool = True) -> Curves:
     by_fingerprint: dict[str, int] = {}
     for c in doc["configs"]:
         role = c.get("role") or "search"
-        label = f"trial {c.get('trial')} ({role})"
+        label = f"{c['run'] + ' ' if c.get('run') else ''}trial {c.get('trial')} ({role})"
         rungs = sorted(c["rungs"], key=lambda r: r["rung"])
         if [r["rung"] for r in rungs] != list(range(1, num_rungs + 1)):
             notes.append(f"{label}: left out, {len(rungs)} of {num_rungs} rungs recorded")
@@ -225,7 +227,8 @@ class FixedOrder:
 
 class UniformRandom:
     """The presets, then uniform draws over the grid points not run yet (Optuna's RandomSampler on categorical
-    choices, with search.optuna_bridge answering repeats from the earlier run), then with replacement."""
+    choices, with search.optuna_bridge answering repeats from the earlier run); the search ends when every
+    point ran, as the product's does on a finite space."""
 
     def __init__(self, curves: Curves, seed: int) -> None:
         import random
@@ -235,11 +238,13 @@ class UniformRandom:
         self._rng = random.Random(seed)
         self._run: set[int] = set()
 
-    def ask(self) -> tuple[Any, int]:
+    def ask(self) -> Optional[tuple[Any, int]]:
         if self._presets:
             idx = self._presets.pop(0)
         else:
-            untried = [i for i in self._grid if i not in self._run] or self._grid
+            untried = [i for i in self._grid if i not in self._run]
+            if not untried:
+                return None
             idx = untried[self._rng.randrange(len(untried))]
         self._run.add(idx)
         return None, idx
@@ -252,14 +257,15 @@ class OptunaTPE:
     """The product's sampler (search.tuner._sampler, sampler "tpe") on the grid's categorical choices, with the
     presets enqueued as search.optuna_bridge.PrunedAwareOptunaSearch enqueues them."""
 
-    def __init__(self, curves: Curves, seed: int) -> None:
+    def __init__(self, curves: Curves, seed: int, startup_trials: Optional[int] = None) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         self._optuna = optuna
         self._curves = curves
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+        startup = {} if startup_trials is None else {"n_startup_trials": startup_trials}
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, **startup)
         directions = ["maximize" if m == "max" else "minimize" for m in curves.modes]
         self.study = optuna.create_study(directions=directions, sampler=sampler)
         self._queue: list[tuple[int, list[str]]] = []
@@ -271,18 +277,35 @@ class OptunaTPE:
             self._queue.append((idx, fixed))
         self.missing = 0
         self.repeats = 0
+        self.untried_picks = 0
+        self._seed = seed
+        self._combinations = [
+            dict(zip(curves.names, key)) for key in itertools.product(*(curves.domains[n] for n in curves.names))
+            if key in curves.index
+        ]
 
-    def ask(self) -> tuple[Any, int]:
+    def ask(self) -> Optional[tuple[Any, int]]:
         if self._queue:
             idx, fixed = self._queue.pop(0)
             trial = self.study.ask()
             for n in fixed:
                 trial.suggest_categorical(n, self._curves.domains[n])
             return trial, idx
-        from search.optuna_bridge import MAX_DUPLICATE_ASKS, tell_as_duplicate, twin_of
+        import random
 
+        from search.optuna_bridge import MAX_DUPLICATE_ASKS, tell_as_duplicate, twin_of, untried
+
+        if not untried(self._combinations, self.study):
+            return None  # every grid point ran: the product's search ends here
         repeats = 0
         for _ in range(1000):
+            if repeats >= MAX_DUPLICATE_ASKS:
+                # The product's fallback on a finite space (PrunedAwareOptunaSearch._ask_new): an untried point.
+                left = untried(self._combinations, self.study)
+                pick = random.Random(self._seed * 1_000_003 + len(self.study.get_trials(deepcopy=False))).choice(left)
+                self.study.enqueue_trial(pick, user_attrs={"untried_pick": True})
+                self.untried_picks += 1
+                repeats = 0
             trial = self.study.ask()
             params = {n: trial.suggest_categorical(n, self._curves.domains[n]) for n in self._curves.names}
             idx = self._curves.index.get(tuple(params[n] for n in self._curves.names))
@@ -292,7 +315,7 @@ class OptunaTPE:
                 self.study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
                 continue
             twin = twin_of(self.study, trial)
-            if twin is not None and repeats < MAX_DUPLICATE_ASKS:
+            if twin is not None:
                 repeats += 1
                 self.repeats += 1
                 tell_as_duplicate(self.study, trial, twin)
@@ -459,23 +482,25 @@ class Outcome:
 METHODS = ("asha+tpe", "random", "grid", "oracle", "pareto")
 
 
-def replay_all(curves: Curves, seeds: int, concurrency: int, full_hv: float) -> Outcome:
-    """Every method over `seeds` seeds, up to the full budget."""
+def replay_all(
+    curves: Curves, seeds: int, concurrency: int, full_hv: float, startup_trials: Optional[int] = None
+) -> Outcome:
+    """Every method over `seeds` seeds, up to the full budget (startup_trials: the space's, for TPE)."""
     full_budget = curves.full_budget
     budgets = [full_budget * k / BUDGET_POINTS for k in range(1, BUDGET_POINTS + 1)]
     third = full_budget / 3
     table = {m: [0.0] * len(budgets) for m in METHODS}
     at_third = {m: [0.0] * seeds for m in METHODS}
-    stats = {"trials": 0.0, "pruned": 0.0, "completed": 0.0, "distinct": 0.0, "missing": 0.0, "repeats": 0.0}
+    stats = {"trials": 0.0, "pruned": 0.0, "completed": 0.0, "distinct": 0.0, "missing": 0.0, "repeats": 0.0, "untried": 0.0}
     grid_replay = simulate(curves, FixedOrder(grid_order(curves)), full_budget, asha=False, concurrency=concurrency)
     for seed in range(seeds):
-        tpe = OptunaTPE(curves, seed)
+        tpe = OptunaTPE(curves, seed, startup_trials)
         replays = {
             "asha+tpe": simulate(curves, tpe, full_budget, asha=True, concurrency=concurrency),
             "random": simulate(curves, UniformRandom(curves, seed), full_budget, asha=False, concurrency=concurrency),
             "grid": grid_replay,
-            "oracle": simulate(curves, OptunaTPE(curves, seed), full_budget, asha=True, concurrency=concurrency, oracle=True),
-            "pareto": simulate(curves, OptunaTPE(curves, seed), full_budget, asha=True, concurrency=concurrency, pareto=True),
+            "oracle": simulate(curves, OptunaTPE(curves, seed, startup_trials), full_budget, asha=True, concurrency=concurrency, oracle=True),
+            "pareto": simulate(curves, OptunaTPE(curves, seed, startup_trials), full_budget, asha=True, concurrency=concurrency, pareto=True),
         }
         for m, rp in replays.items():
             for j, b in enumerate(budgets):
@@ -488,6 +513,7 @@ def replay_all(curves: Curves, seeds: int, concurrency: int, full_hv: float) -> 
         stats["distinct"] += len({t["config"] for t in run_trials if t["state"] == COMPLETE}) / seeds
         stats["missing"] += tpe.missing / seeds
         stats["repeats"] += tpe.repeats / seeds
+        stats["untried"] += tpe.untried_picks / seeds
     return Outcome(
         budgets=budgets,
         table=table,
@@ -518,12 +544,15 @@ def _print_table(curves: Curves, seeds: int, out: Outcome, title: str) -> None:
     print(
         f"asha+tpe per seed up to the full budget: {st['trials']:.1f} trials run, {st['pruned']:.1f} stopped by ASHA, "
         f"{st['completed']:.1f} completed ({st['distinct']:.1f} distinct configurations), "
-        f"{st['repeats']:.1f} repeated proposals answered from earlier runs"
+        f"{st['repeats']:.1f} repeated proposals answered from earlier runs, {st['untried']:.1f} untried grid points "
+        "run after the sampler repeated itself"
         + (f"; {st['missing']:.1f} proposals outside the recording" if st["missing"] else "")
     )
 
 
-def run(curves_path: Path, seeds: int, concurrency: Optional[int], presets: bool = True) -> int:
+def run(
+    curves_path: Path, seeds: int, concurrency: Optional[int], presets: bool = True, startup_trials: Optional[int] = None
+) -> int:
     t0 = time.perf_counter()
     from search.pareto import hypervolume, non_dominated
 
@@ -545,7 +574,8 @@ def run(curves_path: Path, seeds: int, concurrency: Optional[int], presets: bool
     print(
         f"ASHA: metric {curves.asha['metric']}, grace period {curves.asha['grace_period']}, reduction factor "
         f"{curves.asha['reduction_factor']}, tie break {curves.asha.get('tie_break', 'train_loss')}; "
-        f"{conc} trials at a time"
+        f"{conc} trials at a time; TPE start-up trials "
+        f"{startup_trials if startup_trials is not None else '10 (Optuna default)'}"
     )
     asha_metric = curves.asha["metric"]
     print(f"final {' x '.join(curves.objectives)} per configuration (* = Pareto front), {asha_metric} per rung:")
@@ -559,7 +589,7 @@ def run(curves_path: Path, seeds: int, concurrency: Optional[int], presets: bool
         print("full hypervolume is 0 (no configuration is above 0 on every objective): no ratio to report")
         return 0
 
-    out = replay_all(curves, seeds, conc, full_hv)
+    out = replay_all(curves, seeds, conc, full_hv, startup_trials)
     _print_table(curves, seeds, out, "")
     lines = [_ratio_line("ratio at 1/3 budget", curves, seeds, out)]
     if presets and any(i not in curves.grid for _, i in curves.presets):
@@ -568,7 +598,7 @@ def run(curves_path: Path, seeds: int, concurrency: Optional[int], presets: bool
         bare_points = [c.point(bare.objectives) for c in bare.configs]
         bare_hv = hypervolume(bare_points, bare.modes, [0.0] * len(bare.modes))
         if bare_hv > 0:
-            bare_out = replay_all(bare, seeds, conc, bare_hv)
+            bare_out = replay_all(bare, seeds, conc, bare_hv, startup_trials)
             _print_table(bare, seeds, bare_out, f"without the presets (grid points only; full hypervolume {bare_hv:.6g}), ")
             lines.append(_ratio_line("without the presets (grid points only), ratio at 1/3 budget", bare, seeds, bare_out))
     print()
@@ -588,11 +618,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-presets", action="store_true", help="leave out the preset trials (baseline, paper) that are not grid points"
     )
+    parser.add_argument(
+        "--startup-trials", type=int, default=None,
+        help="the space's startup_trials: random TPE proposals before it models results (default: Optuna's 10)",
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
+    if args.startup_trials is not None and args.startup_trials < 1:
+        parser.error("--startup-trials must be >= 1")
     try:
-        return run(args.curves, args.seeds, args.concurrency, presets=not args.no_presets)
+        return run(args.curves, args.seeds, args.concurrency, presets=not args.no_presets, startup_trials=args.startup_trials)
     except (OSError, ValueError, KeyError) as e:
         print(f"search_efficiency: {args.curves}: {e}", file=sys.stderr)
         return 2

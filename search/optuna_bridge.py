@@ -13,16 +13,22 @@ What Ray's OptunaSearch gets wrong for us, and what this subclass does instead:
 - A sampler may propose parameters an earlier trial already ran (TPE often does on `choices` domains, the
   paper spaces' kind). Every trial trains with the space's seed, so a re-run reproduces the earlier result at
   full cost. Such a proposal is told at once with the earlier trial's outcome, marked `duplicate_of`, and
-  another is asked for (up to MAX_DUPLICATE_ASKS times; then it runs, as on an exhausted grid).
+  another is asked for, up to MAX_DUPLICATE_ASKS times. On a space of finitely many parameter combinations
+  (every domain `choices` or `int_range`) the sampler has then converged: an untried combination is run
+  instead, and once every combination ran the search ends, since more trials could only repeat results. On a
+  continuous space a repeat is run.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-from typing import Any, Optional
+import random
+from typing import Any, Callable, Optional, Union
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search.space import Domain, SearchSpace
@@ -106,17 +112,94 @@ def define_params(space: SearchSpace, trial: optuna.Trial) -> dict[str, Any]:
     return out
 
 
-def twin_of(study: optuna.Study, trial: optuna.Trial) -> Optional[optuna.trial.FrozenTrial]:
-    """An earlier trial that ran (or is running) exactly `trial`'s sampled parameters, or None.
+TrialKey = Callable[[dict[str, Any], dict[str, Any]], tuple]
+"""(Optuna params, user attributes) of a trial -> what it trains with, comparable between trials."""
+
+
+def sampled_key(params: dict[str, Any], user_attrs: dict[str, Any]) -> tuple:
+    """The sampled parameters alone: enough where every trial shares the same constants."""
+    return tuple(sorted(params.items()))
+
+
+class TrainingKey:
+    """What a trial of `space` trains with: its sampled parameters over the space's constants, or over a preset
+    trial's own values (the paper's standard-normal prior is not a search trial's in a space whose prior is
+    another constant, though their sampled parameters may be equal). A class, not a closure: Tune pickles the
+    searcher that holds it."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self._params = space.params
+        self._constants = space.fixed_params()
+
+    def __call__(self, params: dict[str, Any], user_attrs: dict[str, Any]) -> tuple:
+        preset = user_attrs.get("preset")
+        if preset:
+            base = {k: preset[k] for k in ("alpha", "beta", "tap_layer", "prior")}
+            base.update({f"{preset['prior']}.{o}": v for o, v in (preset.get("prior_options") or {}).items()})
+        else:
+            prior = params.get("prior", self._params.prior)
+            base = dict(self._constants)
+            if isinstance(prior, str):
+                options = self._params.prior_options.get(prior, {})
+                base.update({f"{prior}.{o}": v for o, v in options.items() if not isinstance(v, Domain)})
+        return tuple(sorted({**base, **params}.items(), key=lambda kv: kv[0]))
+
+
+def twin_of(study: optuna.Study, trial: optuna.Trial, key: TrialKey = sampled_key) -> Optional[optuna.trial.FrozenTrial]:
+    """An earlier trial that ran (or is running) what `trial` would train with (by `key`), or None.
 
     Trials without sampled parameters (the baseline) have no twin; skipped duplicates are never twins."""
-    params = trial.params
-    if not params:
+    if not trial.params:
         return None
+    mine = key(trial.params, trial.user_attrs)
     for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
-        if other.number != trial.number and DUPLICATE_OF_ATTR not in other.user_attrs and other.params == params:
+        if (
+            other.number != trial.number
+            and DUPLICATE_OF_ATTR not in other.user_attrs
+            and other.params
+            and key(other.params, other.user_attrs) == mine
+        ):
             return other
     return None
+
+
+def _values(domain: Domain) -> Optional[list[Any]]:
+    if domain.choices is not None:
+        return list(domain.choices)
+    if domain.int_range is not None:
+        return list(range(domain.int_range[0], domain.int_range[1] + 1))
+    return None
+
+
+def finite_combinations(space: SearchSpace, limit: int = 100_000) -> Optional[list[dict[str, Any]]]:
+    """Every combination of sampled parameters the space can draw, as Optuna params ("alpha", ...,
+    "<prior>.<option>"), or None when a domain is continuous or there are more than `limit`."""
+    p = space.params
+    top = {name: getattr(p, name) for name in ("alpha", "beta", "tap_layer", "prior") if isinstance(getattr(p, name), Domain)}
+    top_values = {name: _values(d) for name, d in top.items()}
+    if any(v is None for v in top_values.values()):
+        return None
+    out: list[dict[str, Any]] = []
+    for combo in itertools.product(*top_values.values()):
+        params = dict(zip(top_values, combo))
+        prior = params.get("prior", p.prior)
+        options = {f"{prior}.{o}": d for o, d in p.prior_options.get(prior, {}).items() if isinstance(d, Domain)}
+        option_values = {name: _values(d) for name, d in options.items()}
+        if any(v is None for v in option_values.values()):
+            return None
+        for opts in itertools.product(*option_values.values()):
+            out.append({**params, **dict(zip(option_values, opts))})
+            if len(out) > limit:
+                return None
+    return out
+
+
+def untried(combinations: list[dict[str, Any]], study: optuna.Study, key: TrialKey = sampled_key) -> list[dict[str, Any]]:
+    """The combinations no trial of `study` ran, is running, or was told from a run (presets included where
+    `key` says they train the same)."""
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)
+    tried = {key(t.params, t.user_attrs) for t in study.get_trials(deepcopy=False, states=states) if t.params}
+    return [c for c in combinations if key(c, {}) not in tried]
 
 
 def tell_as_duplicate(study: optuna.Study, trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> None:
@@ -161,6 +244,8 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             study_name=study_name,
             storage=storage,
         )
+        self._combinations = finite_combinations(space)
+        self._key = TrainingKey(space)
         self._enqueue_presets()
 
     @property
@@ -181,9 +266,11 @@ class PrunedAwareOptunaSearch(OptunaSearch):
                 fixed, user_attrs={ROLE_KEY: role, "preset": values, "preset_enqueued": sorted(fixed)}
             )
 
-    def suggest(self, trial_id: str) -> Optional[dict]:
+    def suggest(self, trial_id: str) -> Optional[Union[dict, str]]:
         if trial_id not in self._ot_trials:
             ot_trial = self._claim_orphan() or self._ask_new()
+            if ot_trial is None:
+                return Searcher.FINISHED
             ot_trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
             self._ot_trials[trial_id] = ot_trial
         ot_trial = self._ot_trials[trial_id]
@@ -193,22 +280,42 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr(ROLE_KEY, role)
         return {**params, OPTUNA_NUMBER_KEY: ot_trial.number, ROLE_KEY: role}
 
-    def _ask_new(self) -> optuna.Trial:
-        """A new Optuna trial whose parameters no earlier trial ran (presets always run)."""
+    def _ask_new(self) -> Optional[optuna.Trial]:
+        """A new Optuna trial whose parameters no earlier trial ran (presets always run); None when the space
+        is finite and every combination ran."""
+        combinations = self._combinations
+        waiting = self._ot_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if combinations is not None and not waiting and not untried(combinations, self._ot_study, self._key):
+            return None  # checked before asking: an exhausted space must not fill the study with told repeats
         for _ in range(MAX_DUPLICATE_ASKS):
             ot_trial = self._ot_study.ask()
             if ROLE_KEY in ot_trial.user_attrs:
                 return ot_trial  # an enqueued preset
             define_params(self._search_space, ot_trial)
-            twin = twin_of(self._ot_study, ot_trial)
+            twin = twin_of(self._ot_study, ot_trial, self._key)
             if twin is None:
                 return ot_trial
             logger.info("Optuna trial %d repeats trial %d's parameters: told its outcome, not run", ot_trial.number, twin.number)
             tell_as_duplicate(self._ot_study, ot_trial, twin)
-        logger.warning(
-            "the sampler proposed only already-run parameters %d times in a row (an exhausted grid?); running a repeat",
-            MAX_DUPLICATE_ASKS,
+        if combinations is None:
+            logger.warning(
+                "the sampler proposed only already-run parameters %d times in a row; running a repeat", MAX_DUPLICATE_ASKS
+            )
+            return self._ot_study.ask()
+        left = untried(combinations, self._ot_study, self._key)
+        if not left:
+            logger.warning(
+                "every one of the space's %d parameter combinations ran: the search ends (more trials would repeat them)",
+                len(combinations),
+            )
+            return None
+        # Seeded by the study's size, so a resumed search draws as the first run would have.
+        pick = random.Random(self._search_space.seed * 1_000_003 + len(self._ot_study.get_trials(deepcopy=False))).choice(left)
+        logger.info(
+            "the sampler proposed only already-run parameters %d times in a row: running an untried combination "
+            "(%d of %d left): %s", MAX_DUPLICATE_ASKS, len(left), len(combinations), pick,
         )
+        self._ot_study.enqueue_trial(pick, user_attrs={"untried_pick": True})
         return self._ot_study.ask()
 
     def _claim_orphan(self) -> Optional[optuna.Trial]:

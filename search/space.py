@@ -488,6 +488,10 @@ class SearchSpace(_Strict):
     ce_kernel...)."""
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     """Optuna sampler."""
+    startup_trials: Optional[int] = Field(default=None, ge=1)
+    """sampler tpe only: trials drawn at random before TPE models the results (Optuna's n_startup_trials; unset:
+    Optuna's default, 10). The preset trials and proposals answered from an earlier run count. A search of a
+    few dozen trials under ASHA learns from its stopped trials early; a small value lets it use them."""
     num_samples: int = Field(default=20, ge=1)
     """Trials in the search, the baseline and paper trials included."""
     max_concurrent: int = Field(default=2, ge=1)
@@ -514,6 +518,12 @@ class SearchSpace(_Strict):
     """Memorization analysis of every finished trial (off unless enabled)."""
     faults: Optional[FaultInjection] = None
     """Testing aid only: inject a NaN loss into chosen trials."""
+
+    @model_validator(mode="after")
+    def _startup_trials_need_tpe(self) -> "SearchSpace":
+        if self.startup_trials is not None and self.sampler != "tpe":
+            raise ValueError(f"startup_trials applies to sampler tpe only, got sampler {self.sampler!r}")
+        return self
 
     @field_validator("ib")
     @classmethod

@@ -95,7 +95,8 @@ def _sampler(space: SearchSpace):
     if space.sampler == "tpe":
         # constant_liar: with trials running in parallel TPE treats them as pending bad results rather than
         # proposing the same region again; group/multivariate model the conditional prior options.
-        return optuna.samplers.TPESampler(seed=space.seed, multivariate=True, group=True, constant_liar=True)
+        startup = {} if space.startup_trials is None else {"n_startup_trials": space.startup_trials}
+        return optuna.samplers.TPESampler(seed=space.seed, multivariate=True, group=True, constant_liar=True, **startup)
     if space.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=space.seed, population_size=max(4, min(50, space.num_samples // 4)))
     if space.sampler == "random":

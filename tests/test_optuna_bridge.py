@@ -151,6 +151,74 @@ def test_repeated_proposals_are_answered_from_the_earlier_run_not_run_again(tmp_
     assert sum("ray_trial_id" in t.user_attrs for t in trials) == 12
 
 
+def test_finite_combinations_of_a_space(tmp_path):
+    import yaml
+
+    from search.optuna_bridge import finite_combinations
+
+    grid = load_space(ROOT / "spaces" / "smollm2-grid.yaml")
+    combos = finite_combinations(grid)
+    assert len(combos) == 12 and {"alpha": 0.03, "tap_layer": 20} in combos
+    assert finite_combinations(load_space(ROOT / "spaces" / "smollm2-python.yaml")) is None  # alpha log-uniform
+    # Prior options count only under their own prior: 2 taps x (standard normal + mog with 2 or 4 components).
+    doc = yaml.safe_load((ROOT / "spaces" / "smollm2-grid.yaml").read_text())
+    doc["sampler"] = "tpe"
+    doc["params"] = {
+        "alpha": 0.1, "beta": 0.01, "tap_layer": {"int_range": [10, 11]},
+        "prior": {"choices": ["standard_normal", "mog"]}, "prior_options": {"mog": {"components": {"choices": [2, 4]}}},
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc))
+    combos = finite_combinations(load_space(tmp_path / "s.yaml"))
+    assert len(combos) == 2 * 3
+    assert {"tap_layer": 11, "prior": "mog", "mog.components": 4} in combos
+    assert {"tap_layer": 10, "prior": "standard_normal"} in combos
+
+
+class _StuckSampler(optuna.samplers.BaseSampler):
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return param_distribution.choices[0]
+
+
+@pytest.mark.parametrize(
+    "space_file, distinct",
+    [
+        # Baseline + the 12 grid points, the paper's setting among them (its standard-normal prior is the space's).
+        ("smollm2-grid.yaml", 13),
+        # Baseline + paper + the 12 grid points: here the grid's prior is the learnable Gaussian, so the grid
+        # point with the paper's alpha and tap layer trains something else and must run too.
+        ("smollm2-grid-learnable.yaml", 14),
+    ],
+)
+def test_a_converged_sampler_on_a_finite_space_runs_untried_combinations_then_the_search_ends(tmp_path, space_file, distinct):
+    from ray.tune.search import Searcher
+
+    space = load_space(ROOT / "spaces" / space_file)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    # A sampler that has converged for good: it proposes the first choice of everything, always.
+    searcher = PrunedAwareOptunaSearch(space, sampler=_StuckSampler(), storage=storage, study_name="grid")
+    runs = []
+    for i in range(20):
+        config = searcher.suggest(f"t{i}")
+        if config == Searcher.FINISHED:
+            break
+        runs.append((config["alpha"], config["tap_layer"], config["prior"]))
+        searcher.on_trial_complete(f"t{i}", {**_result(3, 0.1, 0.1), "val/pass@10(10)": 0.1})
+    # Every distinct configuration once, then no more trials: the stuck point once, the rest as untried picks.
+    assert len(runs) == distinct and len(set(runs)) == distinct, runs
+    assert runs[2] == (0.01, 10, space.params.prior), runs
+    trials = searcher.study.get_trials(deepcopy=False)
+    assert sum(bool(t.user_attrs.get("untried_pick")) for t in trials) == 12 - 1 - (distinct == 13)
+    assert sum("ray_trial_id" in t.user_attrs for t in trials) == distinct
+    assert searcher.suggest("again") == Searcher.FINISHED
+    assert len(searcher.study.get_trials(deepcopy=False)) == len(trials)  # no told repeats once exhausted
+
+
 def test_twin_rules_on_hand_made_trials():
     from search.optuna_bridge import tell_as_duplicate, twin_of
 

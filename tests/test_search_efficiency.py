@@ -93,6 +93,24 @@ def test_tpe_runs_the_presets_first_as_the_product_enqueues_them(tmp_path):
     assert i2 in curves.grid
 
 
+def test_tpe_replay_runs_every_grid_point_once_then_ends_as_the_product_does(tmp_path):
+    curves = se.load_curves(_fake_curves(tmp_path / "c.json"))
+    tpe = se.OptunaTPE(curves, seed=0, startup_trials=2)
+    assert tpe.study.sampler._n_startup_trials == 2
+    run = []
+    while (asked := tpe.ask()) is not None:
+        handle, idx = asked
+        run.append(idx)
+        tpe.tell(handle, se.COMPLETE, list(curves.configs[idx].point(curves.objectives)))
+        assert len(run) <= 10
+    # Baseline, paper (= grid point 3), then the other three grid points, none twice.
+    assert run[:2] == [4, 3] and sorted(run[2:]) == [0, 1, 2]
+    # A random search ends the same way.
+    rnd = se.UniformRandom(curves, seed=0)
+    drawn = [rnd.ask() for _ in range(6)]
+    assert drawn[-1] is None and sorted(i for _, i in drawn[:-1]) == [0, 1, 2, 3, 4]
+
+
 def test_asha_replay_stops_the_trials_a_hand_computation_says(tmp_path):
     curves = se.load_curves(_fake_curves(tmp_path / "c.json"))
     # Ray's milestones for max_t 3, grace 1, rf 2: rungs 1 and 2. Rank value = p + 1e-6 / (1 + CE).
@@ -221,7 +239,7 @@ def test_record_curves_writes_the_runs_per_rung_results(tmp_path):
     out = tmp_path / "data" / "curves.json"
     assert record_curves.main([str(run_dir), "--out", str(out), "--search-command", "ibft tune X.yaml"]) == 0
     doc = json.loads(out.read_text())
-    assert doc["space"] == "fixture" and doc["commands"]["search"] == "ibft tune X.yaml"
+    assert doc["space"] == "fixture" and doc["commands"]["search"] == ["ibft tune X.yaml"]
     assert doc["commands"]["record"].startswith("python bench/record_curves.py ") and doc["date"]
     assert doc["num_rungs"] == NUM_RUNGS and doc["rung_steps"] == RUNG_STEPS and doc["asha"]["grace_period"] == 1
     by_number = {c["trial"]: c for c in doc["configs"]}
@@ -243,6 +261,41 @@ def test_record_curves_writes_the_runs_per_rung_results(tmp_path):
     assert len(curves.grid) == sum(s["role"] == "search" and s["rungs"] == NUM_RUNGS for s in TRIALS)
     assert [role for role, _ in curves.presets] == ["baseline", "paper"]
     assert len(curves.configs) == len(curves.grid) + 2
+
+
+def test_record_curves_merges_parts_of_a_grid_and_checks_the_reruns(tmp_path, capsys):
+    import record_curves
+
+    from report_run_fixture import TRIALS, write_run
+
+    whole = write_run(tmp_path / "a")
+    part = write_run(tmp_path / "b", only=[0, 1])  # the same seeds and parameters: a rerun of trials 0 and 1
+    out = tmp_path / "curves.json"
+    assert record_curves.main([str(whole), str(part), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert len(doc["commands"]["search"]) == 2 and [r["trials"] for r in doc["runs"]] == [
+        sum(s["rungs"] > 0 for s in TRIALS), 2]
+    reruns = [r for r in doc["reruns"] if any(" trial 0" in x or " trial 1" in x for x in r["recordings"][1:])]
+    assert len(reruns) == 2 and all(r["identical"] and r["max_abs_diff"] == 0 for r in reruns)
+    assert "identical" in capsys.readouterr().out
+    # A later recording that differs is reported with its largest difference, not silently merged.
+    first = {"run": "a", "trial": 0, "params": {"alpha": 0.1}, "rungs": [{"rung": 1, "val/pass@1": 0.5}]}
+    second = {**first, "run": "b", "rungs": [{"rung": 1, "val/pass@1": 0.25}]}
+    (r,) = record_curves.reruns([first, second])
+    assert not r["identical"] and r["max_abs_diff"] == 0.25 and r["recordings"] == ["a trial 0", "b trial 0"]
+    # Parts recorded with different settings are not one grid.
+    docs = [json.loads(out.read_text()) for _ in range(2)]
+    docs[1]["rung_steps"] += 1
+    docs[0]["configs"] = docs[1]["configs"] = []
+    with pytest.raises(ValueError, match="rung_steps differs"):
+        record_curves.merge(docs, "cmd")
+    # The replay reads the merged file: each configuration once, the presets from the first run.
+    alone = tmp_path / "alone.json"
+    assert record_curves.main([str(whole), "--out", str(alone)]) == 0
+    curves = se.load_curves(out)
+    assert [role for role, _ in curves.presets] == ["baseline", "paper"]
+    assert len(curves.configs) == len(se.load_curves(alone).configs)
+    assert any(n.startswith("fixture trial 0 (") and "identical" in n for n in curves.notes)
 
 
 def test_the_grid_sampler_finishing_its_grid_outside_study_optimize_does_not_raise():

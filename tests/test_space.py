@@ -94,6 +94,7 @@ BROKEN = [
     ("ib.alpha", 0.1, ["ib", "belongs under params"]),
     ("ib.ce_kernel", "triton", ["ib", "ce_kernel must be one of", "fused_compiled", "'triton'"]),
     ("num_samples", 0, ["num_samples", "greater than or equal to 1"]),
+    ("startup_trials", 0, ["startup_trials", "greater than or equal to 1", "got 0"]),
     ("deepspeed.offload_params", True, ["deepspeed", "offload_params needs zero_stage 3"]),
 ]
 
@@ -115,6 +116,19 @@ def test_grid_sampler_needs_choices(tmp_path):
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(_set(_base(), "sampler", "grid")))
     with pytest.raises(ConfigError, match=r"sampler grid needs choices .* params.alpha is log_uniform"):
+        load_space(path)
+
+
+def test_startup_trials_reach_tpe_and_only_tpe(tmp_path):
+    from search.tuner import _sampler
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_set(_base(), "startup_trials", 4)))
+    assert _sampler(load_space(path))._n_startup_trials == 4
+    path.write_text(yaml.safe_dump(_base()))
+    assert _sampler(load_space(path))._n_startup_trials == 10  # Optuna's default
+    path.write_text(yaml.safe_dump(_set(_set(_base(), "startup_trials", 4), "sampler", "random")))
+    with pytest.raises(ConfigError, match="startup_trials applies to sampler tpe only, got sampler 'random'"):
         load_space(path)
 
 
