@@ -36,7 +36,8 @@ RAY_ENV = {
 
 
 class SearchOutcome(dict):
-    """Summary of a search run: run_dir, counts per state, interrupted flag, the Pareto front."""
+    """Summary of a search run: run_dir, counts per state, interrupted flag, exhausted flag (a finite space
+    whose every combination ran before num_samples trials), the Pareto front."""
 
 
 def prepare_run_dir(space_path: Path, run_dir: Path) -> None:
@@ -235,6 +236,18 @@ def cut_off_trials(space: SearchSpace, run_dir: Path) -> set[str]:
     return {t.user_attrs[RAY_TRIAL_ID_ATTR] for t in running if RAY_TRIAL_ID_ATTR in t.user_attrs}
 
 
+def space_exhausted(space: SearchSpace, run_dir: Path) -> bool:
+    """Whether every parameter combination of a finite space ran in the study (the searcher then ends the
+    search before num_samples trials; that is a finished search, not an interrupted one)."""
+    from search.optuna_bridge import TrainingKey, finite_combinations, untried
+
+    combinations = finite_combinations(space)
+    if combinations is None:
+        return False
+    study = optuna.load_study(study_name=space.name, storage=open_study_storage(run_dir / OPTUNA_DB))
+    return not untried(combinations, study, TrainingKey(space))
+
+
 def trial_records(result_grid, cut_off: frozenset[str] | set[str] = frozenset()) -> list[dict[str, Any]]:
     """Plain records of every Tune trial of a finished (or interrupted) fit; `cut_off`: ids of trials an
     interruption stopped (see cut_off_trials), recorded as unfinished whatever Tune's status says."""
@@ -302,7 +315,8 @@ def run_search(space: SearchSpace, run_dir: Path, *, resume: bool, address: Opti
     for r in records:
         state = trial_row(r, num_rungs=space.num_rungs, objectives=[o.metric for o in space.objectives])["state"]
         states[state] = states.get(state, 0) + 1
-    interrupted = bool(states.get("UNFINISHED")) or len(records) < space.num_samples
+    exhausted = len(records) < space.num_samples and space_exhausted(space, run_dir)
+    interrupted = bool(states.get("UNFINISHED")) or (len(records) < space.num_samples and not exhausted)
     # Release the Tuner (and its W&B callback) while ray is still importable: left to interpreter
     # shutdown, the callback's __del__ finds the ray module gone and prints a traceback.
     del tuner, result_grid
@@ -313,4 +327,6 @@ def run_search(space: SearchSpace, run_dir: Path, *, resume: bool, address: Opti
 
     # Disconnect (and stop a local cluster) now, so the trials' last log lines come before the front.
     ray.shutdown()
-    return SearchOutcome(run_dir=str(run_dir), name=space.name, states=states, interrupted=interrupted, pareto=front)
+    return SearchOutcome(
+        run_dir=str(run_dir), name=space.name, states=states, interrupted=interrupted, exhausted=exhausted, pareto=front
+    )

@@ -198,10 +198,13 @@ class _StuckSampler(optuna.samplers.BaseSampler):
 def test_a_converged_sampler_on_a_finite_space_runs_untried_combinations_then_the_search_ends(tmp_path, space_file, distinct):
     from ray.tune.search import Searcher
 
+    from search.tuner import space_exhausted
+
     space = load_space(ROOT / "spaces" / space_file)
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
     # A sampler that has converged for good: it proposes the first choice of everything, always.
-    searcher = PrunedAwareOptunaSearch(space, sampler=_StuckSampler(), storage=storage, study_name="grid")
+    searcher = PrunedAwareOptunaSearch(space, sampler=_StuckSampler(), storage=storage, study_name=space.name)
+    assert not space_exhausted(space, tmp_path)
     runs = []
     for i in range(20):
         config = searcher.suggest(f"t{i}")
@@ -217,6 +220,7 @@ def test_a_converged_sampler_on_a_finite_space_runs_untried_combinations_then_th
     assert sum("ray_trial_id" in t.user_attrs for t in trials) == distinct
     assert searcher.suggest("again") == Searcher.FINISHED
     assert len(searcher.study.get_trials(deepcopy=False)) == len(trials)  # no told repeats once exhausted
+    assert space_exhausted(space, tmp_path)  # what `ibft tune` reads to call the search finished, not interrupted
 
 
 def test_twin_rules_on_hand_made_trials():

@@ -191,3 +191,23 @@ def _finished_trials(db: Path) -> dict[int, tuple]:
         return {t.number: (t.state.name, t.values) for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     except (KeyError, sqlite3.OperationalError, Exception):
         return {}
+
+
+def test_a_finite_space_ends_once_every_combination_ran(tmp_path):
+    """num_samples above what a choices-only space holds: every distinct configuration trains once, then the
+    search ends (a repeat would only reproduce a result: every trial trains with the space's seed)."""
+    from search.space import load_space
+
+    paper = load_space(smoke_space_file(tmp_path)).paper_params()
+    # alpha 0.1 with the paper's other values is the paper trial itself; alpha 0.3 is the one other configuration.
+    params = {"alpha": {"choices": [0.1, 0.3]}, "beta": paper["beta"], "tap_layer": paper["tap_layer"], "prior": paper["prior"]}
+    space = smoke_space_file(tmp_path, num_samples=6, params=params)
+    proc = start_tune([str(space), "--name", "finite", "--storage-path", str(tmp_path / "runs")])
+    code, out, err = finish_tune(proc, timeout=1500)
+    assert code == 0, err[-3000:]
+    assert "every parameter combination of the space ran, so the search ended after 3 of num_samples 6 trials" in err
+    assert json.loads(out.strip().splitlines()[-1])["exhausted"] is True
+    rows = read_trials_csv(tmp_path / "runs" / "finite" / "trials.csv")
+    assert sorted((r["role"], r["alpha"]) for r in rows) == [("baseline", 0.0), ("paper", 0.1), ("search", 0.3)]
+    trials = _study(tmp_path / "runs" / "finite", "finite").get_trials(deepcopy=False)
+    assert sum("ray_trial_id" in t.user_attrs for t in trials) == 3

@@ -99,4 +99,11 @@ def run(args: argparse.Namespace) -> int:
     if outcome["interrupted"]:
         print(f"ibft tune: interrupted; continue with: ibft tune --resume {run_dir}", file=sys.stderr)
         return 130
+    if outcome.get("exhausted"):
+        trials = sum(outcome["states"].values())
+        print(
+            f"ibft tune: every parameter combination of the space ran, so the search ended after {trials} of "
+            f"num_samples {space.num_samples} trials",
+            file=sys.stderr,
+        )
     return 0
