@@ -116,13 +116,29 @@ def record(run_dir: Path, search_command: str | None, record_command: str) -> di
     }
 
 
+def _is_outcome(key: str) -> bool:
+    """A metric a rerun must reproduce: a pass rate or a loss, not a wall time (val/eval_seconds)."""
+    return key.startswith(("val/", "train/")) and not key.endswith("seconds")
+
+
 def _curve_key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True)
 
 
+LOSS_RTOL = 1e-5
+"""Relative difference two runs' training losses may show and still be one result: the file keeps 6 decimals,
+and a float sum's order differs between runs; pass rates must be equal."""
+
+
+def _same(a: dict[str, Any], b: dict[str, Any], key: str) -> bool:
+    if key.startswith("val/"):
+        return a[key] == b[key]
+    return abs(a[key] - b[key]) <= LOSS_RTOL * max(1.0, abs(a[key]))
+
+
 def reruns(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Configurations recorded more than once with all the rungs of the first: whether every per-rung value
-    of each later recording equals the first's, and the largest difference."""
+    """Configurations recorded more than once: whether each later recording reproduced the first (same
+    rungs, equal pass rates, losses within LOSS_RTOL), and the largest difference of any metric."""
     first: dict[str, dict[str, Any]] = {}
     out = []
     for c in configs:
@@ -131,16 +147,14 @@ def reruns(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             first[key] = c
             continue
         a, b = first[key]["rungs"], c["rungs"]
-        diffs = [
-            abs(ra[k] - rb[k]) for ra, rb in zip(a, b) for k in ra.keys() & rb.keys() if k.startswith(("val/", "train/"))
-        ]
+        shared = [(ra, rb, k) for ra, rb in zip(a, b) for k in ra.keys() & rb.keys() if _is_outcome(k)]
         out.append(
             {
                 "params": c["params"],
                 "recordings": [f"{x['run']} trial {x['trial']}" for x in (first[key], c)],
                 "rungs": [len(a), len(b)],
-                "identical": len(a) == len(b) and max(diffs, default=0.0) == 0.0,
-                "max_abs_diff": max(diffs, default=0.0),
+                "reproduced": len(a) == len(b) and all(_same(ra, rb, k) for ra, rb, k in shared),
+                "max_abs_diff": max((abs(ra[k] - rb[k]) for ra, rb, k in shared), default=0.0),
             }
         )
     return out
@@ -202,9 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"record_curves: {e}", file=sys.stderr)
         return 2
     for r in doc["reruns"]:
-        verdict = "identical" if r["identical"] else f"DIFFERENT (largest difference {r['max_abs_diff']:g})"
+        verdict = "reproduced" if r["reproduced"] else "DIFFERENT"
+        verdict += f" (largest difference {r['max_abs_diff']:g})"
         print(f"rerun of {_curve_key(r['params'])}: {' and '.join(r['recordings'])}: {verdict}")
-    if not all(r["identical"] for r in doc["reruns"]):
+    if not all(r["reproduced"] for r in doc["reruns"]):
         print("record_curves: a configuration did not reproduce its curve; the replay uses the first recording", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")

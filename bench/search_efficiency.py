@@ -1,8 +1,8 @@
 """Is ASHA + Optuna cheaper than plain search? A replay on recorded learning curves, no training.
 
-Data: full learning curves of a grid of IB-FT configurations recorded once from a real search without early
-stopping (spaces/smollm2-grid.yaml; bench/record_curves.py wrote bench/data/smollm2_curves.json with the
-commands that produced it). Every replayed trial of a configuration sees exactly the recorded per-rung
+Data: full learning curves of a grid of IB-FT configurations recorded once from real searches without early
+stopping (spaces/smollm2-grid.yaml and smollm2-grid-learnable.yaml, one per prior; bench/record_curves.py
+merged them into bench/data/smollm2_curves.json with the commands that produced it). Every replayed trial of a configuration sees exactly the recorded per-rung
 results of that configuration (same seed in the product: a rerun reproduces them).
 
 The configurations: every distinct recorded one with all rungs. The searched grid is the `search` trials'

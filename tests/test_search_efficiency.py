@@ -276,13 +276,18 @@ def test_record_curves_merges_parts_of_a_grid_and_checks_the_reruns(tmp_path, ca
     assert len(doc["commands"]["search"]) == 2 and [r["trials"] for r in doc["runs"]] == [
         sum(s["rungs"] > 0 for s in TRIALS), 2]
     reruns = [r for r in doc["reruns"] if any(" trial 0" in x or " trial 1" in x for x in r["recordings"][1:])]
-    assert len(reruns) == 2 and all(r["identical"] and r["max_abs_diff"] == 0 for r in reruns)
-    assert "identical" in capsys.readouterr().out
+    assert len(reruns) == 2 and all(r["reproduced"] and r["max_abs_diff"] == 0 for r in reruns)
+    assert "reproduced (largest difference 0)" in capsys.readouterr().out
     # A later recording that differs is reported with its largest difference, not silently merged.
-    first = {"run": "a", "trial": 0, "params": {"alpha": 0.1}, "rungs": [{"rung": 1, "val/pass@1": 0.5}]}
-    second = {**first, "run": "b", "rungs": [{"rung": 1, "val/pass@1": 0.25}]}
+    first = {"run": "a", "trial": 0, "params": {"alpha": 0.1}, "rungs": [{"rung": 1, "val/pass@1": 0.5, "val/eval_seconds": 90.0}]}
+    second = {**first, "run": "b", "rungs": [{"rung": 1, "val/pass@1": 0.25, "val/eval_seconds": 180.0}]}
     (r,) = record_curves.reruns([first, second])
-    assert not r["identical"] and r["max_abs_diff"] == 0.25 and r["recordings"] == ["a trial 0", "b trial 0"]
+    assert not r["reproduced"] and r["max_abs_diff"] == 0.25 and r["recordings"] == ["a trial 0", "b trial 0"]
+    second["rungs"][0]["val/pass@1"] = 0.5  # a different wall time alone is a reproduction, so is a loss's last digit
+    first["rungs"][0]["train/loss"], second["rungs"][0]["train/loss"] = 0.501011, 0.50101
+    assert record_curves.reruns([first, second])[0]["reproduced"]
+    second["rungs"][0]["train/loss"] = 0.5011  # but not a loss that moved
+    assert not record_curves.reruns([first, second])[0]["reproduced"]
     # Parts recorded with different settings are not one grid.
     docs = [json.loads(out.read_text()) for _ in range(2)]
     docs[1]["rung_steps"] += 1
