@@ -291,9 +291,7 @@ class OptunaTPE:
             for n in fixed:
                 trial.suggest_categorical(n, self._curves.domains[n])
             return trial, idx
-        import random
-
-        from search.optuna_bridge import MAX_DUPLICATE_ASKS, tell_as_duplicate, twin_of, untried
+        from search.optuna_bridge import MAX_DUPLICATE_ASKS, pick_untried, tell_as_duplicate, twin_of, untried
 
         if not untried(self._combinations, self.study):
             return None  # every grid point ran: the product's search ends here
@@ -301,8 +299,7 @@ class OptunaTPE:
         for _ in range(1000):
             if repeats >= MAX_DUPLICATE_ASKS:
                 # The product's fallback on a finite space (PrunedAwareOptunaSearch._ask_new): an untried point.
-                left = untried(self._combinations, self.study)
-                pick = random.Random(self._seed * 1_000_003 + len(self.study.get_trials(deepcopy=False))).choice(left)
+                pick = pick_untried(self._combinations, self.study, self._seed)
                 self.study.enqueue_trial(pick, user_attrs={"untried_pick": True})
                 self.untried_picks += 1
                 repeats = 0

@@ -202,6 +202,17 @@ def untried(combinations: list[dict[str, Any]], study: optuna.Study, key: TrialK
     return [c for c in combinations if key(c, {}) not in tried]
 
 
+def pick_untried(
+    combinations: list[dict[str, Any]], study: optuna.Study, seed: int, key: TrialKey = sampled_key
+) -> Optional[dict[str, Any]]:
+    """One untried combination, drawn with a seed tied to the study's size (so a resumed search draws as the
+    first run would have), or None when every combination ran."""
+    left = untried(combinations, study, key)
+    if not left:
+        return None
+    return random.Random(seed * 1_000_003 + len(study.get_trials(deepcopy=False))).choice(left)
+
+
 def tell_as_duplicate(study: optuna.Study, trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> None:
     """Tell `trial` what its twin's run says: its values if complete, pruned if stopped, failed while unknown."""
     trial.set_user_attr(DUPLICATE_OF_ATTR, twin.number)
@@ -302,18 +313,16 @@ class PrunedAwareOptunaSearch(OptunaSearch):
                 "the sampler proposed only already-run parameters %d times in a row; running a repeat", MAX_DUPLICATE_ASKS
             )
             return self._ot_study.ask()
-        left = untried(combinations, self._ot_study, self._key)
-        if not left:
+        pick = pick_untried(combinations, self._ot_study, self._search_space.seed, self._key)
+        if pick is None:
             logger.warning(
                 "every one of the space's %d parameter combinations ran: the search ends (more trials would repeat them)",
                 len(combinations),
             )
             return None
-        # Seeded by the study's size, so a resumed search draws as the first run would have.
-        pick = random.Random(self._search_space.seed * 1_000_003 + len(self._ot_study.get_trials(deepcopy=False))).choice(left)
         logger.info(
-            "the sampler proposed only already-run parameters %d times in a row: running an untried combination "
-            "(%d of %d left): %s", MAX_DUPLICATE_ASKS, len(left), len(combinations), pick,
+            "the sampler proposed only already-run parameters %d times in a row: running an untried combination: %s",
+            MAX_DUPLICATE_ASKS, pick,
         )
         self._ot_study.enqueue_trial(pick, user_attrs={"untried_pick": True})
         return self._ot_study.ask()
