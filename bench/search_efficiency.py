@@ -254,7 +254,7 @@ class UniformRandom:
 
 
 class OptunaTPE:
-    """The product's sampler (search.tuner._sampler, sampler "tpe") on the grid's categorical choices, with the
+    """The product's sampler (search.tuner.tpe_sampler) on the grid's categorical choices, with the
     presets enqueued as search.optuna_bridge.PrunedAwareOptunaSearch enqueues them."""
 
     def __init__(self, curves: Curves, seed: int, startup_trials: Optional[int] = None) -> None:
@@ -264,8 +264,9 @@ class OptunaTPE:
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         self._optuna = optuna
         self._curves = curves
-        startup = {} if startup_trials is None else {"n_startup_trials": startup_trials}
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, **startup)
+        from search.tuner import tpe_sampler
+
+        sampler = tpe_sampler(seed, startup_trials)
         directions = ["maximize" if m == "max" else "minimize" for m in curves.modes]
         self.study = optuna.create_study(directions=directions, sampler=sampler)
         self._queue: list[tuple[int, list[str]]] = []

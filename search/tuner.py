@@ -89,15 +89,20 @@ def _connect(address: Optional[str]) -> None:
     )
 
 
+def tpe_sampler(seed: int, startup_trials: Optional[int] = None) -> optuna.samplers.TPESampler:
+    """The search's TPE (sampler "tpe"; bench/search_efficiency.py replays with this one too)."""
+    # constant_liar: with trials running in parallel TPE treats them as pending bad results rather than
+    # proposing the same region again; group/multivariate model the conditional prior options.
+    startup = {} if startup_trials is None else {"n_startup_trials": startup_trials}
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, **startup)
+
+
 def _sampler(space: SearchSpace):
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if space.sampler == "tpe":
-        # constant_liar: with trials running in parallel TPE treats them as pending bad results rather than
-        # proposing the same region again; group/multivariate model the conditional prior options.
-        startup = {} if space.startup_trials is None else {"n_startup_trials": space.startup_trials}
-        return optuna.samplers.TPESampler(seed=space.seed, multivariate=True, group=True, constant_liar=True, **startup)
+        return tpe_sampler(space.seed, space.startup_trials)
     if space.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=space.seed, population_size=max(4, min(50, space.num_samples // 4)))
     if space.sampler == "random":
