@@ -11,6 +11,12 @@ from trainables.errors import ConfigError
 
 TapLayer = Union[int, float]
 CE_KERNELS = ("auto", "checkpointed", "fused", "fused_compiled")
+KL_REDUCTIONS = ("mean", "sum")
+ENCODER_INPUTS = ("raw", "rms_norm")
+LEGACY_SEMANTICS = {"kl_reduction": "sum", "encoder_input": "rms_norm"}
+"""What an IB config written before these two fields existed trained with: the KL summed over the bottleneck
+dims and the encoder reading the RMS-normalised hidden state. A saved config (ib_config.json, a checkpoint's
+train_config.json, a run started before the change) without the keys means exactly this."""
 
 
 @dataclass
@@ -40,6 +46,14 @@ class IBConfig:
     ce_chunk_size: int = 1024
     """Target tokens per chunk when the IB branch scores them through the LM head, so the IB branch
     never holds a [tokens, vocab] tensor larger than chunk x vocab."""
+    kl_reduction: str = "mean"
+    """How the per-token KL is reduced over the bottleneck dims. "mean" (the official code's
+    `VariationalAdapter`: `.mean()` over tokens x dims, the scale of the paper's alpha/beta grids) or "sum" (the
+    textbook KL of the d-dim Gaussian, d x larger). alpha_sum = alpha_mean / d gives the same loss. Every prior
+    uses the same per-dim scale."""
+    encoder_input: str = "raw"
+    """What q(z|h) reads: "raw" (hidden_states[L] as it is, the official code) or "rms_norm" (RMS-normalised,
+    no learned scale: a KL that does not depend on the residual stream's scale; this project's earlier default)."""
     ce_kernel: str = "auto"
     """How the IB branch's CE through the frozen LM head is computed (trainables.ib.ce_kernels): "checkpointed"
     (recomputes each chunk in the backward; works with any head), "fused" (gradient formed in the forward,
@@ -68,6 +82,12 @@ class IBConfig:
             raise ConfigError(f"ib.ib_token_fraction must lie in (0, 1], got {self.ib_token_fraction!r}")
         if not isinstance(self.ce_chunk_size, int) or self.ce_chunk_size < 1:
             raise ConfigError(f"ib.ce_chunk_size must be a positive int, got {self.ce_chunk_size!r}")
+        if self.kl_reduction not in KL_REDUCTIONS:
+            raise ConfigError(f"ib.kl_reduction must be one of {', '.join(KL_REDUCTIONS)}, got {self.kl_reduction!r}")
+        if self.encoder_input not in ENCODER_INPUTS:
+            raise ConfigError(
+                f"ib.encoder_input must be one of {', '.join(ENCODER_INPUTS)}, got {self.encoder_input!r}"
+            )
         if self.ce_kernel not in CE_KERNELS:
             raise ConfigError(f"ib.ce_kernel must be one of {', '.join(CE_KERNELS)}, got {self.ce_kernel!r}")
         if not isinstance(self.prior_options, dict):
@@ -110,6 +130,16 @@ class IBConfig:
         if unknown:
             raise ConfigError(f"ib: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
         return cls(**data)
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> "IBConfig":
+        """The config a saved dict was trained with: keys it lacks take LEGACY_SEMANTICS, not today's defaults."""
+        return cls.from_dict(with_legacy_semantics(data))
+
+
+def with_legacy_semantics(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved IB dict with LEGACY_SEMANTICS filled in where it predates kl_reduction / encoder_input."""
+    return {**LEGACY_SEMANTICS, **data}
 
 
 def _is_number(x: Any) -> bool:

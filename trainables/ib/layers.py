@@ -20,6 +20,10 @@ class IBHead(nn.Module):
         self.bottleneck_dim = config.bottleneck_dim
         self.logvar_min = config.logvar_min
         self.logvar_max = config.logvar_max
+        self.normalise_input = config.encoder_input == "rms_norm"
+        # "mean" divides each token's KL (a sum over dims, as every prior computes it) by d: the official
+        # code's .mean() over tokens x dims once the model averages over tokens.
+        self.kl_scale = 1.0 / config.bottleneck_dim if config.kl_reduction == "mean" else 1.0
         # One matmul yields both halves (mu, log sigma^2): half the kernel launches of two Linears.
         self.encoder = nn.Linear(hidden_size, 2 * config.bottleneck_dim)
         self.decoder = nn.Linear(config.bottleneck_dim, hidden_size)
@@ -29,14 +33,15 @@ class IBHead(nn.Module):
     def encode(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters (mu, log sigma^2 clamped to [logvar_min, logvar_max]) for hidden [..., hidden].
 
-        The residual stream is RMS-normalised (no learned scale) before the encoder. Mid-depth hidden
-        states of real LMs carry "massive activations" (SmolLM2-135M: rms ~40, one dim at ~2e4 on the
-        first token), which made the KL at initialisation ~1e3-1e6 nats per token, so alpha * KL
-        swamped CE_ft and the LoRA weights were pushed to shrink the residual stream instead of
-        learning the task. Normalised, the initial KL is O(10) nats and its gradient is scale-free.
+        encoder_input "raw" reads hidden_states[L] as it is, like the official code. "rms_norm" first
+        RMS-normalises it (no learned scale), so the KL no longer depends on the residual stream's scale. That
+        was this project's earlier default, added against "massive activations" (SmolLM2-135M: one dim at
+        ~2e4 on position 0); but position 0 is always a prompt token, which never enters the KL, and most of the
+        blow-up it was meant to tame came from summing the KL over the dims (docs/fidelity.md).
         """
-        normalised = nn.functional.rms_norm(hidden.float(), (hidden.shape[-1],), eps=1e-6).to(hidden.dtype)
-        mu, logvar = self.encoder(normalised).chunk(2, dim=-1)
+        if self.normalise_input:
+            hidden = nn.functional.rms_norm(hidden.float(), (hidden.shape[-1],), eps=1e-6).to(hidden.dtype)
+        mu, logvar = self.encoder(hidden).chunk(2, dim=-1)
         return mu, logvar.clamp(self.logvar_min, self.logvar_max)
 
     def sample(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -46,9 +51,9 @@ class IBHead(nn.Module):
         return mu + (0.5 * logvar).exp() * torch.randn_like(mu)
 
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token KL [N] (fp32, summed over the bottleneck dims) and decoded vectors [N, hidden_size]."""
+        """Per-token KL [N] (fp32; mean or sum over the bottleneck dims per kl_reduction) and decoded vectors [N, hidden_size]."""
         mu, logvar = self.encode(hidden)
         # KL in fp32 even for bf16 models: exp/log of the variances lose too much in 8 mantissa bits.
-        kl = self.prior.kl(mu.float(), logvar.float())
+        kl = self.prior.kl(mu.float(), logvar.float()) * self.kl_scale
         decoded = self.decoder(self.sample(mu, logvar))
         return kl, decoded

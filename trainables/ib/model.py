@@ -2,8 +2,9 @@
 
 loss = CE_ft + alpha * (KL + beta * CE_ib), where
 - CE_ft is the base model's own mean next-token cross-entropy (computed by the base model, untouched);
-- KL is KL(q(z|h) || p(z)) summed over the bottleneck dims and averaged over the real target tokens
-  (positions t whose next-token label is not -100; padding and prompt never count);
+- KL is KL(q(z|h) || p(z)) averaged over the real target tokens (positions t whose next-token label is
+  not -100; padding and prompt never count) and, by default (ib.kl_reduction "mean"), over the bottleneck
+  dims too, as the official code's `.mean()`; "sum" keeps the sum over dims (d x stronger);
 - CE_ib is the mean cross-entropy of the same targets scored from the decoded bottleneck by the base
   model's frozen LM head, in chunks, so the IB branch never builds a [batch, seq, vocab] tensor
   (trainables.ib.ce_kernels picks how: gradient formed in the forward, or checkpointed chunks).
@@ -163,7 +164,8 @@ class IBModel(nn.Module):
             data = json.loads(config_path.read_text())
         except json.JSONDecodeError as e:
             raise ConfigError(f"{config_path}: not valid JSON ({e})") from None
-        model = cls(base_model, IBConfig.from_dict(data))
+        # A file written before kl_reduction / encoder_input existed loads with what it was trained with.
+        model = cls(base_model, IBConfig.from_saved(data))
         if model.ib_head is None:
             return model
         head_path = directory / IB_HEAD_FILE

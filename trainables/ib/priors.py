@@ -1,7 +1,9 @@
 """Priors p(z) for the IB bottleneck, and the registry that maps a config name to one.
 
 Every prior answers one question, `kl(mu, logvar)`: the per-token KL(q(z|h) || p(z)) of diagonal
-Gaussian posteriors, summed over the bottleneck dimensions (shape [N]). Closed form where one
+Gaussian posteriors, summed over the bottleneck dimensions (shape [N]). The head then applies the config's
+kl_reduction (ib.kl_reduction "mean" divides by d, the official code's scale), the same for every prior, so
+alpha means one thing whichever prior a trial draws. Closed form where one
 exists; otherwise a reparameterised Monte-Carlo estimate log q(z) - log p(z), z ~ q, which is
 unbiased and differentiable in the posterior and the prior's parameters.
 
