@@ -212,3 +212,193 @@ def test_hub_dataset_offline_is_a_quick_one_line_config_error(source, named):
     lines = [l for l in out.stdout.splitlines() if l.startswith("CONFIGERROR")]
     assert len(lines) == 1, out.stdout + out.stderr
     assert named in lines[0] and "local .jsonl" in lines[0]
+
+
+# ---- data.prompt_format and data.append_eos ----------------------------------------------------------------
+
+from trainables.data.formatting import OFFICIAL_TEMPLATE, resolve_prompt_format  # noqa: E402
+from trainables.train.config import PROMPT_FORMATS, TrainConfig  # noqa: E402
+
+
+class _WithBos:
+    """A tokenizer that, like most real ones, writes a BOS when asked for special tokens (the tiny one has none)."""
+
+    BOS = 10**6  # an id no real token has, so it is recognisable
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = self._inner(text, add_special_tokens=False)["input_ids"]
+        return {"input_ids": ([self.BOS] if add_special_tokens else []) + ids}
+
+    def encode(self, text, add_special_tokens=True):
+        return self(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+
+class _NoEos(_WithBos):
+    eos_token_id = None
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer(chat_tokenizer):
+    return _WithBos(chat_tokenizer)
+
+
+TOKENIZERS = ["chat_tokenizer", "plain_tokenizer", "bos_tokenizer"]
+FORMATS_FOR = {  # which formats each tokenizer supports ("chat" needs a chat template)
+    "chat_tokenizer": PROMPT_FORMATS,
+    "plain_tokenizer": ("auto", "plain", "official"),
+    "bos_tokenizer": PROMPT_FORMATS,
+}
+CASES = [(t, f) for t in TOKENIZERS for f in FORMATS_FOR[t]]
+
+
+def _today(tokenizer, instruction):
+    """Prompt ids as built before data.prompt_format existed (what `auto` must keep giving)."""
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer("### Instruction:\n" + instruction + "\n### Response:\n", add_special_tokens=True)["input_ids"]
+
+
+@pytest.mark.parametrize("which, fmt", CASES)
+@pytest.mark.parametrize("append_eos", [True, False])
+def test_every_format_masks_exactly_the_prompt_and_labels_the_response_ids(which, fmt, append_eos, request):
+    tokenizer = request.getfixturevalue(which)
+    features, stats = tokenize_examples(EXAMPLES, tokenizer, 512, prompt_format=fmt, append_eos=append_eos)
+    assert stats == {"kept": 3, "truncated": 0, "dropped": 0}
+    eos = [tokenizer.eos_token_id] if append_eos else []
+    for example, feature in zip(EXAMPLES, features):
+        prompt_ids = encode_prompt(tokenizer, format_prompt(tokenizer, example["instruction"], fmt), fmt)
+        response_ids = tokenizer(example["response"], add_special_tokens=False)["input_ids"] + eos
+        assert feature["input_ids"] == prompt_ids + response_ids
+        assert feature["labels"] == [IGNORE_INDEX] * len(prompt_ids) + response_ids
+
+
+@pytest.mark.parametrize("which", TOKENIZERS)
+@pytest.mark.parametrize("append_eos", [True, False])
+def test_official_format_is_the_official_scripts_tokens(which, append_eos, request):
+    tokenizer = request.getfixturevalue(which)
+    assert format_prompt(tokenizer, "Say hi.", "official") == "Say hi.\n" == OFFICIAL_TEMPLATE.format(instruction="Say hi.")
+    features, _ = tokenize_examples(EXAMPLES, tokenizer, 512, prompt_format="official", append_eos=append_eos)
+    for example, feature in zip(EXAMPLES, features):
+        prompt_ids = tokenizer.encode(example["instruction"] + "\n", add_special_tokens=False)
+        response_ids = tokenizer.encode(example["response"], add_special_tokens=False)
+        expected = prompt_ids + response_ids + ([tokenizer.eos_token_id] if append_eos else [])
+        assert feature["input_ids"] == expected
+        assert feature["labels"] == [IGNORE_INDEX] * len(prompt_ids) + expected[len(prompt_ids):]
+        if which == "bos_tokenizer":
+            assert _WithBos.BOS not in feature["input_ids"]  # no special token added anywhere
+
+
+@pytest.mark.parametrize("which", TOKENIZERS)
+def test_auto_is_unchanged(which, request):
+    tokenizer = request.getfixturevalue(which)
+    default, _ = tokenize_examples(EXAMPLES, tokenizer, 512)
+    auto, _ = tokenize_examples(EXAMPLES, tokenizer, 512, prompt_format="auto", append_eos=True)
+    assert default == auto
+    for example, feature in zip(EXAMPLES, auto):
+        prompt_ids = _today(tokenizer, example["instruction"])
+        response_ids = tokenizer(example["response"], add_special_tokens=False)["input_ids"]
+        assert feature["input_ids"] == prompt_ids + response_ids + [tokenizer.eos_token_id]
+    assert resolve_prompt_format(tokenizer, "auto") == ("chat" if tokenizer.chat_template else "plain")
+
+
+def test_plain_format_uses_the_plain_template_even_with_a_chat_template(bos_tokenizer):
+    prompt = format_prompt(bos_tokenizer, "Write code.", "plain")
+    assert prompt == PLAIN_TEMPLATE.format(instruction="Write code.")
+    assert encode_prompt(bos_tokenizer, prompt, "plain")[0] == _WithBos.BOS
+    assert _WithBos.BOS not in encode_prompt(bos_tokenizer, format_prompt(bos_tokenizer, "Write code.", "chat"), "chat")
+
+
+def test_chat_format_without_a_chat_template_is_a_clear_config_error(plain_tokenizer):
+    for call in (
+        lambda: format_prompt(plain_tokenizer, "x", "chat"),
+        lambda: encode_prompt(plain_tokenizer, "x", "chat"),
+        lambda: tokenize_examples(EXAMPLES, plain_tokenizer, 512, prompt_format="chat"),
+    ):
+        with pytest.raises(ConfigError, match="prompt_format 'chat'.*no chat template"):
+            call()
+
+
+def test_unknown_prompt_format_is_rejected_quoting_it(chat_tokenizer):
+    with pytest.raises(ConfigError, match="data.prompt_format.*'alpaca'"):
+        DataConfig(prompt_format="alpaca")
+    with pytest.raises(ConfigError, match="data.append_eos.*'yes'"):
+        DataConfig(append_eos="yes")
+    with pytest.raises(ConfigError, match="'alpaca'"):
+        format_prompt(chat_tokenizer, "x", "alpaca")
+
+
+def test_a_config_saved_before_the_option_reads_as_auto_with_eos():
+    saved = {"model": {"name_or_path": TINY_RANDOM_LLAMA}, "data": {"source": "builtin:python-functions", "max_length": 256}}
+    for cfg in (TrainConfig.from_dict(saved), getattr(TrainConfig, "from_saved", TrainConfig.from_dict)(saved)):
+        assert cfg.data.prompt_format == "auto" and cfg.data.append_eos is True
+    assert TrainConfig.from_dict({"data": {"prompt_format": "official"}}).to_dict()["data"]["prompt_format"] == "official"
+
+
+def test_missing_eos_is_an_error_only_when_eos_is_appended(chat_tokenizer):
+    no_eos = _NoEos(chat_tokenizer)
+    with pytest.raises(ValueError, match="no eos token"):
+        tokenize_examples(EXAMPLES, no_eos, 512, prompt_format="official")
+    features, stats = tokenize_examples(EXAMPLES, no_eos, 512, prompt_format="official", append_eos=False)
+    assert stats["kept"] == 3
+    # An empty response without EOS has no token to learn: dropped, not kept with an all-masked label.
+    _, stats = tokenize_examples([{"instruction": "a", "response": ""}], no_eos, 512, prompt_format="official", append_eos=False)
+    assert stats == {"kept": 0, "truncated": 0, "dropped": 1}
+
+
+class _StubModel:
+    training = False
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+
+class _Captured(Exception):
+    pass
+
+
+PROBLEMS = [
+    {"task_id": "T/0", "instruction": EXAMPLES[0]["instruction"], "prompt": "", "test": "", "entry_point": "add"},
+    {"task_id": "T/1", "prompt": "def rev(s):\n", "test": "", "entry_point": "rev"},  # no instruction: HumanEval-like
+]
+
+
+@pytest.mark.parametrize("which, fmt", CASES)
+def test_evaluation_generates_from_the_training_prompt_of_its_format(which, fmt, request, monkeypatch):
+    # The whole path validation/test/`ibft eval` take (run_evaluation -> build_prompt -> generate_samples ->
+    # encode_prompt), spied where the ids enter the model: they must be the training prompt ids of `fmt`.
+    from trainables import generation
+    from trainables.evaluation import build_prompt, instruction_for, run_evaluation
+
+    tokenizer = request.getfixturevalue(which)
+    seen: dict[str, list[int]] = {}
+
+    def spy(model, tok, encoded, prompts, n, settings, token_text):
+        seen.update(zip(prompts, encoded))
+        raise _Captured
+
+    monkeypatch.setattr(generation, "_generate_chunk", spy)
+    with pytest.raises(_Captured):
+        run_evaluation(_StubModel(), tokenizer, PROBLEMS, n=1, ks=[1], prompt_format=fmt,
+                       generation=generation.GenerationSettings(batch_size=64))
+    assert len(seen) == len(PROBLEMS)
+    for problem in PROBLEMS:
+        instruction = instruction_for(problem)
+        feature = tokenize_examples([{"instruction": instruction, "response": "x"}], tokenizer, 512, prompt_format=fmt)[0][0]
+        train_prompt_ids = feature["input_ids"][: feature["labels"].count(IGNORE_INDEX)]
+        prompt = build_prompt(tokenizer, problem, fmt)
+        assert prompt == format_prompt(tokenizer, instruction, fmt)
+        assert seen[prompt] == train_prompt_ids
+    # The formats really differ, so a generation path that ignored the format would fail above.
+    if fmt != "auto":
+        other = "official" if fmt != "official" else "plain"
+        assert build_prompt(tokenizer, PROBLEMS[0], other) not in seen

@@ -60,6 +60,35 @@ def test_adapter_checkpoint_with_ib_head_loads(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "recorded, flag, expected",
+    [({"prompt_format": "official"}, [], "official"), ({}, [], "auto"), ({"prompt_format": "official"}, ["--prompt-format", "plain"], "plain")],
+    ids=["checkpoint-format", "saved-before-the-option", "flag-overrides"],
+)
+def test_checkpoint_is_evaluated_with_the_prompt_format_it_trained_on(tmp_path, capsys, monkeypatch, recorded, flag, expected):
+    import trainables.data.formatting as formatting
+    from trainables.models import apply_lora, tiny_random_llama
+    from trainables.train.config import LoraSettings
+
+    final = tmp_path / "run" / "final"
+    apply_lora(tiny_random_llama(), LoraSettings(r=4), seed=0).save_pretrained(str(final / "adapter"))
+    # A train_config.json as a run writes it; without prompt_format it is one written before the option existed.
+    saved = {"model": {"name_or_path": "tiny-random-llama"}, "data": {"source": "builtin:python-functions", **recorded}}
+    (final / "train_config.json").write_text(json.dumps(saved))
+    used: list[str] = []
+    original = formatting.encode_prompt
+    monkeypatch.setattr(
+        formatting, "encode_prompt", lambda tok, prompt, prompt_format="auto": used.append(prompt_format) or original(tok, prompt, prompt_format)
+    )
+    code, summary, err = run_eval(
+        capsys, "--adapter", str(final), "--limit", "1", "--n", "1", "--k", "1", "--m", "1", "--max-new-tokens", "2",
+        "--workers", "1", "--out", str(tmp_path / "eval"), *flag,
+    )
+    assert code == 0, err
+    assert summary["prompt_format"] == expected and summary["model"] == "tiny-random-llama"
+    assert used == [expected]  # generation encoded the prompt in that format
+
+
+@pytest.mark.parametrize(
     "args, message",
     [
         (["--benchmark", "nope"], "--benchmark"),

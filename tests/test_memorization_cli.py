@@ -32,7 +32,7 @@ def _write_checkpoint(run_dir: Path, *, tap_layer: int, seed: int = 0) -> Path:
     config = TrainConfig.from_dict(
         {
             "model": {"name_or_path": "tiny-random-llama", "tiny_overrides": TINY},
-            "data": {"max_examples": 12, "max_length": 256},
+            "data": {"max_examples": 12, "max_length": 256, "prompt_format": "official"},
             "seed": 3,
         }
     )
@@ -51,6 +51,7 @@ def test_compares_a_checkpoint_with_its_base_using_the_runs_settings(tmp_path, c
     # Model, data, seed, max_length from train_config.json; the tap layer from ib_config.json.
     assert summary["model"] == "tiny-random-llama" and summary["data"] == "builtin:python-functions"
     assert summary["tap_index"] == 1 and summary["max_length"] == 256 and summary["n_examples"] == 12
+    assert summary["prompt_format"] == "official"  # tokenized as the run trained on them
     assert set(summary["models"]) == {"base", "fine_tuned"} and summary["groups_from"] == "base"
     assert summary["memorization_gap"] == summary["models"]["fine_tuned"]["geometry"]["angular_gap_deg"]
     rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]

@@ -39,11 +39,12 @@ def instruction_for(problem: dict) -> str:
     return template.format(prompt=problem["prompt"])
 
 
-def build_prompt(tokenizer, problem: dict) -> str:
-    """The full model input for a problem, formatted exactly like the training prompts."""
+def build_prompt(tokenizer, problem: dict, prompt_format: str = "auto") -> str:
+    """The full model input for a problem, formatted exactly like the training prompts of `prompt_format`
+    (the model's data.prompt_format; see trainables.data.formatting)."""
     from trainables.data.formatting import format_prompt
 
-    return format_prompt(tokenizer, instruction_for(problem))
+    return format_prompt(tokenizer, instruction_for(problem), prompt_format)
 
 
 def evaluate(
@@ -60,11 +61,12 @@ def evaluate(
     timeout: float = 10.0,
     checker: Any = None,
     progress: bool = False,
+    prompt_format: str = "auto",
 ) -> dict:
     """Summary of `run_evaluation` (see there): pass@k, pass@k(m), outcomes, tokens and timings."""
     return run_evaluation(
         model, tokenizer, problems, n=n, ks=ks, ms=ms, generation=generation, workers=workers,
-        seed=seed, timeout=timeout, checker=checker, progress=progress,
+        seed=seed, timeout=timeout, checker=checker, progress=progress, prompt_format=prompt_format,
     ).summary
 
 
@@ -82,12 +84,15 @@ def run_evaluation(
     timeout: float = 10.0,
     checker: Any = None,
     progress: bool = False,
+    prompt_format: str = "auto",
 ) -> EvaluationRun:
     """Sample n answers per problem, extract completions, check them in the sandbox, summarise.
 
     `model` is a causal LM (plain, peft-wrapped, or an IBModel, whose IB head plays no part in
     generation). `checker`, a trainables.execution.Checker, reuses warm sandboxes across calls (a
     search rung); without one a pool of `workers` is started for this call with `timeout` per sample.
+    `prompt_format` must be the data.prompt_format the model was trained with: prompts are built and
+    encoded exactly as its training prompts were.
     A k larger than n is listed under the summary's "not_computed", as summarize does. The summary adds `n`, `tokens_generated`, `generation_seconds`, `tokens_per_second` and
     `checking_seconds` to what trainables.execution.summarize gives.
     """
@@ -103,10 +108,10 @@ def run_evaluation(
     was_training = model.training
     model.eval()
 
-    prompts = [build_prompt(tokenizer, p) for p in problems]
+    prompts = [build_prompt(tokenizer, p, prompt_format) for p in problems]
     bar = _progress_bar(len(prompts) * n, "sampling") if progress else None
     try:
-        output = generate_samples(model, tokenizer, prompts, n, generation, seed, progress=bar)
+        output = generate_samples(model, tokenizer, prompts, n, generation, seed, progress=bar, prompt_format=prompt_format)
     finally:
         if bar is not None:
             bar.close()

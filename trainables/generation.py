@@ -93,9 +93,11 @@ def stop_position(text: str, settings: GenerationSettings, prompt_fence_open: bo
     return min(ends) if ends else None
 
 
-def sample(model, tokenizer, prompts: Sequence[str], n: int, settings: GenerationSettings, seed: int) -> list[list[str]]:
-    """n sampled answers for each prompt (already formatted, e.g. by trainables.data.format_prompt)."""
-    return generate_samples(model, tokenizer, prompts, n, settings, seed).texts
+def sample(
+    model, tokenizer, prompts: Sequence[str], n: int, settings: GenerationSettings, seed: int, prompt_format: str = "auto"
+) -> list[list[str]]:
+    """n sampled answers for each prompt (already formatted by trainables.data.format_prompt in `prompt_format`)."""
+    return generate_samples(model, tokenizer, prompts, n, settings, seed, prompt_format=prompt_format).texts
 
 
 def generate_samples(
@@ -106,8 +108,12 @@ def generate_samples(
     settings: GenerationSettings,
     seed: int,
     progress: Any = None,
+    prompt_format: str = "auto",
 ) -> GenerationOutput:
-    """Like `sample`, also counting generated tokens and time; `progress` (a tqdm bar) advances per sample."""
+    """Like `sample`, also counting generated tokens and time; `progress` (a tqdm bar) advances per sample.
+
+    Prompts are encoded by trainables.data.encode_prompt in `prompt_format`, the format they were built in
+    (the model's data.prompt_format), so their ids are exactly those of the training prompts."""
     import torch
 
     from trainables.data.formatting import encode_prompt
@@ -119,7 +125,7 @@ def generate_samples(
     started = time.perf_counter()
     texts: list[list[str]] = [[] for _ in prompts]
     new_tokens = 0
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    encoded = [encode_prompt(tokenizer, p, prompt_format) for p in prompts]
     # Similar lengths share a batch so little compute goes to padding.
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     prompts_per_call = max(1, settings.batch_size // n)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from search.report.load import RunData, TrialRecord
+from trainables.train.config import with_saved_ib_semantics
 
 
 @dataclass
@@ -38,7 +39,9 @@ def write_reproductions(run: RunData, trials: list[TrialRecord], out_dir: Path) 
     for trial in trials:
         if trial.train_config is None or trial.label in out:
             continue
-        config = dict(trial.train_config)
+        # A trial trained before ib.kl_reduction / ib.encoder_input existed gets them written out with the
+        # values it trained with, so today's defaults cannot change what the command reproduces.
+        config = with_saved_ib_semantics(dict(trial.train_config))
         config["output_dir"] = str((run.run_dir / "reproduce" / config_name(trial)).resolve())
         path = out_dir / "configs" / f"{config_name(trial)}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)

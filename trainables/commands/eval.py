@@ -41,6 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=40, help="sequences per generate call (default 40)")
     parser.add_argument("--dtype", default=None, choices=("fp32", "bf16"), help="model precision (default fp32)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N tasks")
+    parser.add_argument(
+        "--prompt-format",
+        default=None,
+        choices=("auto", "chat", "plain", "official"),
+        help="prompt format (data.prompt_format): default the one recorded in the --adapter checkpoint's "
+        "train_config.json (auto for a checkpoint written before the option existed), else auto",
+    )
     parser.add_argument("--workers", type=int, default=None, help="parallel sandboxed checkers (default: CPU count)")
     parser.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per sample check (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -90,10 +97,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer, model_name = _load(args)
+    model, tokenizer, model_name, prompt_format = _load(args)
     run_result = run_evaluation(
         model, tokenizer, problems, n=args.n, ks=ks, ms=ms, generation=settings, workers=args.workers,
-        seed=args.seed, timeout=args.timeout, progress=not args.no_progress,
+        seed=args.seed, timeout=args.timeout, progress=not args.no_progress, prompt_format=prompt_format,
     )
     os.makedirs(args.out, exist_ok=True)
     samples_path = os.path.join(args.out, "samples.jsonl")
@@ -106,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         "benchmark": args.benchmark,
         "split": args.split,
         "seed": args.seed,
+        "prompt_format": prompt_format,
         "generation": {
             "temperature": settings.temperature,
             "top_p": settings.top_p,
@@ -125,11 +133,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    """(model, tokenizer, model name): the base model, with the checkpoint's adapter and IB head when given."""
+    """(model, tokenizer, model name, prompt format): the base model, with the checkpoint's adapter and IB head
+    when given; the prompt format is --prompt-format, else the checkpoint's data.prompt_format, else auto."""
     from trainables.models import SMOLLM2, load_model_and_tokenizer
     from trainables.train.config import ModelConfig
 
-    model_cfg = _checkpoint_model_config(args.adapter) if args.adapter else None
+    train_cfg = _checkpoint_train_config(args.adapter) if args.adapter else None
+    model_cfg = train_cfg.model if train_cfg else None
+    prompt_format = args.prompt_format or (train_cfg.data.prompt_format if train_cfg else "auto")
     if args.model is not None:
         model_cfg = ModelConfig(name_or_path=args.model)
     model_cfg = model_cfg or ModelConfig(name_or_path=SMOLLM2)
@@ -138,11 +149,13 @@ def _load(args: argparse.Namespace):
     model, tokenizer = load_model_and_tokenizer(model_cfg)
     if args.adapter:
         model = _with_adapter(model, args.adapter)
-    return model, tokenizer, model_cfg.name_or_path
+    return model, tokenizer, model_cfg.name_or_path, prompt_format
 
 
-def _checkpoint_model_config(directory: str):
-    """The ModelConfig recorded in a checkpoint's train_config.json, or None when there is none."""
+def _checkpoint_train_config(directory: str):
+    """The TrainConfig recorded in a checkpoint's train_config.json, or None when there is none.
+
+    A config saved before data.prompt_format existed reads as prompt_format auto, the format it trained with."""
     import json
     from pathlib import Path
 
@@ -153,7 +166,7 @@ def _checkpoint_model_config(directory: str):
         path = folder / "train_config.json"
         if path.is_file():
             try:
-                return TrainConfig.from_dict(json.loads(path.read_text())).model
+                return TrainConfig.from_saved(json.loads(path.read_text()))
             except (json.JSONDecodeError, ConfigError) as e:
                 raise ConfigError(f"--adapter: {path} is not a readable train config ({e}); pass --model") from None
     return None

@@ -109,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
         max_length=max_length,
         adapters={label: label for label in labels} if len(labels) > 1 else None,
         progress=True,
+        # Tokenized as the (first) adapter run trained on them; without one, the default format.
+        prompt_format=train_config.data.prompt_format if train_config else "auto",
+        append_eos=train_config.data.append_eos if train_config else True,
     )
     summary = {
         **analysis.summary,
@@ -188,7 +191,7 @@ def _train_config(checkpoint_dir: Optional[Path]) -> Any:
 
     path = checkpoint_dir / TRAIN_CONFIG_FILE
     try:
-        return TrainConfig.from_dict(json.loads(path.read_text()))
+        return TrainConfig.from_saved(json.loads(path.read_text()))
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e.msg})") from None
 

@@ -58,6 +58,8 @@ def analyze_memorization(
     compare_base: bool = True,
     adapters: Optional[Mapping[str, str]] = None,
     progress: bool = False,
+    prompt_format: str = "auto",
+    append_eos: bool = True,
 ) -> MemorizationAnalysis:
     """Min-K% Prob of each example's response and the most/least-memorized group geometry at `tap_layer`.
 
@@ -66,7 +68,8 @@ def analyze_memorization(
     (say an FT and an IB-FT checkpoint) one after the other against the same base; by default the active
     adapter is scored, labelled "fine_tuned". Examples are {"instruction", "response"}; responses are cut
     at max_length tokens. `progress` shows a tqdm bar per pass on stderr. The model's train/eval mode and
-    active adapter are left as they were.
+    active adapter are left as they were. `prompt_format` and `append_eos` are the training run's
+    data.prompt_format and data.append_eos: examples are tokenized exactly as it trained on them.
     """
     check_k(k)
     check_quantile(quantile)
@@ -74,7 +77,7 @@ def analyze_memorization(
         raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
     parts = model_parts(model)
     tap_index = resolve_tap_index(parts.num_layers, tap_layer)
-    scored_positions, features, truncated = _tokenize_each(examples, tokenizer, max_length)
+    scored_positions, features, truncated = _tokenize_each(examples, tokenizer, max_length, prompt_format, append_eos)
 
     def run(label: str) -> list[ExampleScores]:
         return score_features(
@@ -137,6 +140,7 @@ def analyze_memorization(
         "n_truncated": sum(truncated),
         "n_dropped": len(examples) - len(features),
         "max_length": max_length,
+        "prompt_format": prompt_format,
         "models": models,
     }
     rows = _rows(examples, scored_positions, features, truncated, scores, mean_logprobs, most, least)
@@ -153,6 +157,8 @@ def measure_memorization(
     tap_layer: int | float = 0.5,
     batch_size: int = 8,
     max_length: int = 512,
+    prompt_format: str = "auto",
+    append_eos: bool = True,
 ) -> dict[str, Any]:
     """The summary of analyze_memorization, for a trial to call on its trained model at the end.
 
@@ -170,6 +176,8 @@ def measure_memorization(
         tap_layer=tap_layer,
         batch_size=batch_size,
         max_length=max_length,
+        prompt_format=prompt_format,
+        append_eos=append_eos,
     ).summary
 
 
@@ -183,7 +191,7 @@ def _check_adapter_labels(adapters: Mapping[str, str]) -> dict[str, Optional[str
 
 
 def _tokenize_each(
-    examples: Sequence[dict[str, str]], tokenizer: Any, max_length: int
+    examples: Sequence[dict[str, str]], tokenizer: Any, max_length: int, prompt_format: str = "auto", append_eos: bool = True
 ) -> tuple[list[int], list[dict[str, list[int]]], list[bool]]:
     # One example at a time: tokenize_examples drops examples whose prompt fills max_length, and each
     # score must stay tied to its example.
@@ -191,7 +199,9 @@ def _tokenize_each(
         raise ConfigError("examples: there are none to score")
     positions, features, truncated = [], [], []
     for position, example in enumerate(examples):
-        tokenized, stats = tokenize_examples([example], tokenizer, max_length, drop_overlong=False)
+        tokenized, stats = tokenize_examples(
+            [example], tokenizer, max_length, drop_overlong=False, prompt_format=prompt_format, append_eos=append_eos
+        )
         if tokenized:
             positions.append(position)
             features.append(tokenized[0])

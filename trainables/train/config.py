@@ -10,9 +10,11 @@ from typing import Any, Optional
 
 from trainables.config_utils import from_mapping, to_mapping
 from trainables.errors import ConfigError
-from trainables.ib.config import IBConfig
+from trainables.ib.config import IBConfig, with_legacy_semantics
 
 DTYPES = ("fp32", "bf16")
+PROMPT_FORMATS = ("auto", "chat", "plain", "official")
+"""Values of DataConfig.prompt_format (each described there and in trainables.data.formatting)."""
 
 
 @dataclass
@@ -79,8 +81,27 @@ class DataConfig:
     """Field holding the instruction, when not one of the known names."""
     response_field: Optional[str] = None
     """Field holding the response, when not one of the known names."""
+    prompt_format: str = "auto"
+    """How an instruction becomes the prompt, in training and in generation at validation, test and
+    `ibft eval` (always the format the model trained on; see trainables.data.formatting):
+    "auto" (default, and what a config written before this field means): the tokenizer's chat template
+    with the assistant turn opened, else the "plain" template;
+    "chat": the chat template; a ConfigError when the tokenizer has none;
+    "plain": "### Instruction:\\n{instruction}\\n### Response:\\n", with the tokenizer's usual special
+    tokens (a BOS for most models);
+    "official": the official IB-FT script's format (MemorizationBarrier train_ib.py): instruction + "\\n"
+    then the response, no chat template, no special tokens added to prompt or response."""
+    append_eos: bool = True
+    """Append EOS to every response, in every format ("official" included). The official script appends
+    none, but a model never taught to stop generates until max_new_tokens at every validation (1024 new
+    tokens per sample in the paper spaces: most of a rung's generation time) and its extracted code carries
+    trailing junk. false reproduces the official script token for token."""
 
     def __post_init__(self) -> None:
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(f"data.prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
+        if not isinstance(self.append_eos, bool):
+            raise ConfigError(f"data.append_eos must be true or false, got {self.append_eos!r}")
         if not isinstance(self.max_length, int) or self.max_length < 8:
             raise ConfigError(f"data.max_length must be an int >= 8, got {self.max_length!r}")
         if self.max_examples is not None and (not isinstance(self.max_examples, int) or self.max_examples < 1):
@@ -197,5 +218,18 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         return from_mapping(cls, data, "train")
 
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> "TrainConfig":
+        """The config a run's train_config.json was trained with: an ib section written before kl_reduction /
+        encoder_input existed keeps its semantics (trainables.ib.config.LEGACY_SEMANTICS)."""
+        return cls.from_dict(with_saved_ib_semantics(data))
+
     def to_dict(self) -> dict[str, Any]:
         return to_mapping(self)
+
+
+def with_saved_ib_semantics(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved train-config dict whose ib section (if any) has the IB semantics it was trained with made explicit."""
+    if not isinstance(data, dict) or not isinstance(data.get("ib"), dict):
+        return data
+    return {**data, "ib": with_legacy_semantics(data["ib"])}

@@ -113,7 +113,10 @@ def train(cfg: TrainConfig, *, hooks: Optional[TrainHooks] = None, resume_from: 
         ib_model.to(device)
 
     examples = load_examples(cfg.data, cfg.seed)
-    features, data_stats = tokenize_examples(examples, tokenizer, cfg.data.max_length, cfg.data.drop_overlong)
+    features, data_stats = tokenize_examples(
+        examples, tokenizer, cfg.data.max_length, cfg.data.drop_overlong,
+        prompt_format=cfg.data.prompt_format, append_eos=cfg.data.append_eos,
+    )
     if not features:
         raise ConfigError(
             f"data: all {len(examples)} examples from {cfg.data.source!r} were dropped as longer than "
