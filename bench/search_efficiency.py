@@ -82,7 +82,7 @@ class Config:
     rungs: list[dict[str, Any]]
     """Per rung (1-based order): the reported metrics (val/..., train/ce_loss_rung...)."""
     roles: list[str] = field(default_factory=list)
-    """Roles of the recorded trials that ran it ("baseline", "paper", "search")."""
+    """Roles of the recorded trials that ran it ("baseline", "paper", a space preset's name, "search")."""
 
     def point(self, objectives: list[str]) -> tuple[float, ...]:
         return tuple(float(self.rungs[-1][m]) for m in objectives)
@@ -103,7 +103,8 @@ class Curves:
     configs: list[Config]
     """Every distinct configuration with all rungs recorded."""
     presets: list[tuple[str, int]]
-    """(role, config index) of the preset trials, in the order the product runs them (baseline, paper)."""
+    """(role, config index) of the preset trials, in the order the product runs them (baseline, paper, the
+    space's own presets)."""
     names: list[str]
     """Parameters that vary across the searched grid, in PARAM_NAMES order."""
     domains: dict[str, list[Any]]
@@ -197,7 +198,10 @@ def load_curves(path: Path, *, presets: bool = True) -> Curves:
     )
     curves.index = {curves.key(c.params): i for i, c in enumerate(configs) if c in searched}
     if presets:
-        for role in ("baseline", "paper"):
+        # The product's order: baseline, paper, then the space's own presets (roles named after them) in the
+        # order they were first recorded (the file order of the space's presets).
+        named = [r for c in configs for r in c.roles if r not in ("baseline", "paper", "search")]
+        for role in ("baseline", "paper", *dict.fromkeys(named)):
             curves.presets += [(role, i) for i, c in enumerate(configs) if role in c.roles][:1]
     return curves
 
@@ -272,7 +276,7 @@ class OptunaTPE:
         self._queue: list[tuple[int, list[str]]] = []
         for role, idx in curves.presets:
             params = curves.configs[idx].params
-            # The baseline is enqueued without parameters; the paper trial with those inside the searched domains.
+            # The baseline is enqueued without parameters; the other presets with those inside the searched domains.
             fixed = [] if role == "baseline" else [n for n in curves.names if params.get(n) in curves.domains[n]]
             self.study.enqueue_trial({n: params[n] for n in fixed}, user_attrs={"role": role})
             self._queue.append((idx, fixed))
@@ -614,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         "--concurrency", type=int, default=None, help="trials at a time (default: the recorded search's max_concurrent)"
     )
     parser.add_argument(
-        "--no-presets", action="store_true", help="leave out the preset trials (baseline, paper) that are not grid points"
+        "--no-presets", action="store_true", help="leave out the preset trials (baseline, paper, the space's presets) that are not grid points"
     )
     parser.add_argument(
         "--startup-trials", type=int, default=None,

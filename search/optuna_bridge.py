@@ -5,7 +5,8 @@ What Ray's OptunaSearch gets wrong for us, and what this subclass does instead:
   sampler believes a half-trained model is a finished one. Here it is told PRUNED (no values); a trial is
   COMPLETE only when it reported its final rung, and errored trials are FAIL.
 - The search space is our space file's: conditional prior options, and the baseline (alpha = 0, outside any
-  log-uniform alpha range) and the paper's setting enqueued as the first two trials with a `role`.
+  log-uniform alpha range), the paper's setting and the space's own presets enqueued as the first trials,
+  each with a `role` ("baseline", "paper", then the preset's name).
 - Resume: Tune checkpoints the searcher every few seconds, but Optuna's SQLite study is written at once. A
   trial asked for after the last checkpoint exists in the study but not in Tune; on restore it is claimed by
   the next suggestion instead of a new one being asked, so the study never holds a trial twice. A trial
@@ -31,7 +32,8 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search.space import Domain, SearchSpace
+from search.space import TRIAL_PARAMS, Domain, SearchSpace
+from trainables.ib.config import LEGACY_SEMANTICS
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ RUNG_KEY = "rung"
 OPTUNA_NUMBER_KEY = "optuna_trial"
 """Trial config key holding the Optuna trial number, joining Tune trials to the study."""
 ROLE_KEY = "role"
-"""Trial config key and Optuna user attribute: "baseline", "paper" or "search"."""
+"""Trial config key and Optuna user attribute: "baseline", "paper", a space preset's name or "search"."""
 RAY_TRIAL_ID_ATTR = "ray_trial_id"
 """Optuna user attribute holding the Tune trial id that ran the Optuna trial."""
 
@@ -89,16 +91,18 @@ def _suggest(trial: optuna.Trial, name: str, domain: Domain) -> Any:
 def define_params(space: SearchSpace, trial: optuna.Trial) -> dict[str, Any]:
     """Draw one trial's IB parameters (define-by-run, so prior options exist only for the prior drawn).
 
-    The baseline and paper trials carry their values as user attributes: the parts inside the searched
-    domains were enqueued as fixed parameters (the sampler learns from them), the rest are constants.
+    The preset trials (baseline, paper, the space's presets) carry their values as user attributes: the parts
+    inside the searched domains were enqueued as fixed parameters (the sampler learns from them), the rest
+    are constants; prior options a preset leaves out are drawn as in a search trial.
     """
     role = trial.user_attrs.get(ROLE_KEY, "search")
     preset: dict[str, Any] = trial.user_attrs.get("preset", {})
+    enqueued = trial.user_attrs.get("preset_enqueued", [])
     p = space.params
     out: dict[str, Any] = {}
-    for name in ("alpha", "beta", "tap_layer", "prior"):
+    for name in TRIAL_PARAMS:
         spec = getattr(p, name)
-        if name in preset and name not in trial.user_attrs.get("preset_enqueued", []):
+        if name in preset and name not in enqueued:
             out[name] = preset[name]
         elif isinstance(spec, Domain):
             out[name] = _suggest(trial, name, spec)
@@ -106,8 +110,14 @@ def define_params(space: SearchSpace, trial: optuna.Trial) -> dict[str, Any]:
             out[name] = spec
     options: dict[str, Any] = {}
     if role != "baseline":  # alpha = 0 trains no IB head, so its options would be noise in the study
+        preset_options = preset.get("prior_options") or {}
         for option, spec in p.prior_options.get(out["prior"], {}).items():
-            options[option] = _suggest(trial, f"{out['prior']}.{option}", spec) if isinstance(spec, Domain) else spec
+            if option in preset_options and f"{out['prior']}.{option}" not in enqueued:
+                options[option] = preset_options[option]
+            else:
+                options[option] = _suggest(trial, f"{out['prior']}.{option}", spec) if isinstance(spec, Domain) else spec
+        for option, value in preset_options.items():
+            options.setdefault(option, value)
     out["prior_options"] = options
     return out
 
@@ -134,7 +144,7 @@ class TrainingKey:
     def __call__(self, params: dict[str, Any], user_attrs: dict[str, Any]) -> tuple:
         preset = user_attrs.get("preset")
         if preset:
-            base = {k: preset[k] for k in ("alpha", "beta", "tap_layer", "prior")}
+            base = {k: preset[k] for k in TRIAL_PARAMS if k in preset}
             base.update({f"{preset['prior']}.{o}": v for o, v in (preset.get("prior_options") or {}).items()})
         else:
             prior = params.get("prior", self._params.prior)
@@ -142,7 +152,9 @@ class TrainingKey:
             if isinstance(prior, str):
                 options = self._params.prior_options.get(prior, {})
                 base.update({f"{prior}.{o}": v for o, v in options.items() if not isinstance(v, Domain)})
-        return tuple(sorted({**base, **params}.items(), key=lambda kv: kv[0]))
+        # A preset (or this key's constants) recorded before kl_reduction / encoder_input existed trained with
+        # LEGACY_SEMANTICS; a newer run always has both, fixed or sampled.
+        return tuple(sorted({**LEGACY_SEMANTICS, **base, **params}.items(), key=lambda kv: kv[0]))
 
 
 def twin_of(study: optuna.Study, trial: optuna.Trial, key: TrialKey = sampled_key) -> Optional[optuna.trial.FrozenTrial]:
@@ -175,7 +187,7 @@ def finite_combinations(space: SearchSpace, limit: int = 100_000) -> Optional[li
     """Every combination of sampled parameters the space can draw, as Optuna params ("alpha", ...,
     "<prior>.<option>"), or None when a domain is continuous or there are more than `limit`."""
     p = space.params
-    top = {name: getattr(p, name) for name in ("alpha", "beta", "tap_layer", "prior") if isinstance(getattr(p, name), Domain)}
+    top = {name: getattr(p, name) for name in TRIAL_PARAMS if isinstance(getattr(p, name), Domain)}
     top_values = {name: _values(d) for name, d in top.items()}
     if any(v is None for v in top_values.values()):
         return None
@@ -225,10 +237,12 @@ def tell_as_duplicate(study: optuna.Study, trial: optuna.Trial, twin: optuna.tri
 
 
 def preset_trials(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
-    """(role, values) of the trials every search starts with: the plain-LoRA baseline and the paper's setting."""
+    """(role, values) of the trials every search starts with, in order: the plain-LoRA baseline (the paper
+    trial's tap layer and prior at alpha = beta = 0), the paper's setting (or the space's presets.paper), then
+    the space's other presets in file order, each with its name as its role."""
     paper = space.paper_params()
-    baseline = {**paper, "alpha": 0.0, "beta": 0.0}
-    return [("baseline", baseline), ("paper", paper)]
+    baseline = {**paper, "alpha": 0.0, "beta": 0.0, "prior_options": {}}
+    return [("baseline", baseline), ("paper", paper), *space.named_presets()]
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):
@@ -268,11 +282,14 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         return list(self.metric) if isinstance(self.metric, list) else [self.metric]
 
     def _enqueue_presets(self) -> None:
-        if any(t.user_attrs.get(ROLE_KEY) in ("baseline", "paper") for t in self._ot_study.get_trials(deepcopy=False)):
+        if any("preset" in t.user_attrs or t.user_attrs.get(ROLE_KEY) in ("baseline", "paper")
+               for t in self._ot_study.get_trials(deepcopy=False)):
             return  # a resumed study: its presets were enqueued when it was created
         domains = self._search_space.params.domains()
         for role, values in preset_trials(self._search_space):
-            fixed = {k: v for k, v in values.items() if k in domains and in_domain(domains[k], v) and role != "baseline"}
+            flat = {k: values[k] for k in TRIAL_PARAMS}
+            flat.update({f"{values['prior']}.{o}": v for o, v in (values.get("prior_options") or {}).items()})
+            fixed = {k: v for k, v in flat.items() if k in domains and in_domain(domains[k], v) and role != "baseline"}
             self._ot_study.enqueue_trial(
                 fixed, user_attrs={ROLE_KEY: role, "preset": values, "preset_enqueued": sorted(fixed)}
             )

@@ -13,11 +13,14 @@ from typing import Any, Iterable, Optional
 
 from search.optuna_bridge import COMPLETE, FAIL, OPTUNA_NUMBER_KEY, PRUNED, ROLE_KEY, RUNG_KEY, trial_outcome
 from search.pareto import non_dominated
+from search.space import TRIAL_PARAMS
+from trainables.ib.config import LEGACY_SEMANTICS
 from search.table_cells import parse_cell
 
 TRIALS_CSV = "trials.csv"
 PARETO_JSON = "pareto.json"
-PARAM_COLUMNS = ("alpha", "beta", "tap_layer", "prior", "prior_options")
+PARAM_COLUMNS = (*TRIAL_PARAMS, "prior_options")
+"""alpha, beta, tap_layer, prior, kl_reduction, encoder_input, prior_options."""
 STATES = {COMPLETE: "COMPLETE", PRUNED: "PRUNED", FAIL: "ERROR"}
 UNFINISHED = "UNFINISHED"
 """State of a trial an interrupted search left running or pending (a resume continues it)."""
@@ -41,6 +44,8 @@ def trial_row(record: dict[str, Any], *, num_rungs: int, objectives: list[str]) 
     }
     for name in PARAM_COLUMNS:
         value = config.get(name)
+        if value is None and name in LEGACY_SEMANTICS and "alpha" in config:
+            value = LEGACY_SEMANTICS[name]  # proposed before the key existed: it trained with the legacy semantics
         row[name] = json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
     row["state"] = state
     row["last_rung"] = result.get(RUNG_KEY)
@@ -77,7 +82,9 @@ def write_trials_csv(rows: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
-TEXT_COLUMNS = ("trial_id", "role", "prior", "prior_options", "state", "checkpoint_path", "error")
+TEXT_COLUMNS = (
+    "trial_id", "role", "prior", "kl_reduction", "encoder_input", "prior_options", "state", "checkpoint_path", "error"
+)
 """Columns read back as text even when they look like numbers (Tune trial ids can be all digits)."""
 
 

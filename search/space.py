@@ -17,7 +17,7 @@ from trainables.errors import ConfigError
 
 # The static list of prior names lives next to the IB config; importing it pulls no torch.
 from trainables.ib.prior_names import PRIOR_NAMES
-from trainables.ib.config import CE_KERNELS
+from trainables.ib.config import CE_KERNELS, ENCODER_INPUTS, KL_REDUCTIONS, LEGACY_SEMANTICS
 from trainables.memorization import search_metrics as memorization_metrics
 
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
@@ -34,6 +34,19 @@ PAPER_TAP_LAYER = 20
 # Layer 20 of the paper's 30-layer model, as a fraction for models too shallow to have a layer 20.
 PAPER_TAP_FRACTION = 2 / 3
 PAPER_PRIOR = "standard_normal"
+# Roles a space's own preset may not take: the plain-LoRA baseline every search runs first, and the role of
+# sampled trials. A preset named "paper" replaces the built-in paper setting (still the second trial).
+RESERVED_PRESET_NAMES = ("baseline", "search")
+PRESET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+# The IB semantics a trial trains with (trainables.ib.config): categorical, fixed or searched like the prior.
+IB_SEMANTICS_CHOICES = {"kl_reduction": KL_REDUCTIONS, "encoder_input": ENCODER_INPUTS}
+IB_SEMANTICS_PARAMS = tuple(IB_SEMANTICS_CHOICES)
+TRIAL_PARAMS = ("alpha", "beta", "tap_layer", "prior", *IB_SEMANTICS_PARAMS)
+"""A trial's IB parameters other than its prior's options, searched or fixed: their Optuna names, trial config
+keys and trials.csv columns. Every trial's params carry all of them."""
+IB_SEMANTICS_FILE = "ib_semantics.json"
+"""RUN_DIR record of what params.kl_reduction / params.encoder_input default to in that run (written when a
+search starts); a run without it started before the two existed and trained with LEGACY_SEMANTICS."""
 
 
 class _Strict(BaseModel):
@@ -136,6 +149,11 @@ class SearchedParams(_Strict):
     """Tap layer: choices of ints, negative ints or fractions in (0, 1), an int_range, or a uniform fraction range."""
     prior: Union[Domain, str] = "standard_normal"
     """Prior p(z): a name, or choices of names."""
+    kl_reduction: Union[Domain, str] = "mean"
+    """KL over the bottleneck dims (ib.kl_reduction): "mean" (the official code, the paper's alpha scale) or "sum"
+    (d x stronger: alpha_sum = alpha_mean / d); a name, or choices of names."""
+    encoder_input: Union[Domain, str] = "raw"
+    """What q(z|h) reads (ib.encoder_input): "raw" (the official code) or "rms_norm"; a name, or choices of names."""
     prior_options: dict[str, dict[str, ParamSpec]] = Field(default_factory=dict)
     """Options per prior name, searched or fixed, used only in trials that pick that prior
     (e.g. {mog: {components: {choices: [2, 4, 8]}}})."""
@@ -179,6 +197,33 @@ class SearchedParams(_Strict):
             raise ValueError(f"unknown prior {bad[0]!r}; allowed: {', '.join(PRIOR_NAMES)}")
         return v
 
+    @field_validator("kl_reduction", "encoder_input", mode="before")
+    @classmethod
+    def _ib_semantics_form(cls, v: Any, info: Any) -> Any:
+        if not isinstance(v, (str, dict, Domain)):
+            allowed = IB_SEMANTICS_CHOICES[info.field_name]
+            raise ValueError(f"{info.field_name} must be one of {', '.join(allowed)} or {{choices: [...]}}, got {v!r}")
+        return v
+
+    @field_validator("kl_reduction", "encoder_input")
+    @classmethod
+    def _ib_semantics(cls, v: Union[Domain, str], info: Any) -> Union[Domain, str]:
+        name, allowed = info.field_name, IB_SEMANTICS_CHOICES[info.field_name]
+        if isinstance(v, Domain) and v.choices is None:
+            raise ValueError(f"{name} is categorical: give one of {', '.join(allowed)} or choices of them")
+        bad = [n for n in (v.choices if isinstance(v, Domain) else [v]) if n not in allowed]
+        if bad:
+            raise ValueError(f"{name} {bad[0]!r} is unknown; allowed: {', '.join(allowed)}")
+        return v
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        # A space pickled by a search started before kl_reduction / encoder_input existed (Tune keeps the searcher,
+        # space included, in RUN_DIR/tune) lacks them: its trials trained with LEGACY_SEMANTICS, and so do the
+        # trials it proposes after a resume.
+        state = dict(state)
+        state["__dict__"] = {**LEGACY_SEMANTICS, **(state.get("__dict__") or {})}
+        super().__setstate__(state)
+
     @model_validator(mode="after")
     def _options_match_priors(self) -> "SearchedParams":
         for name in self.prior_options:
@@ -195,7 +240,7 @@ class SearchedParams(_Strict):
 
     def domains(self) -> dict[str, Domain]:
         """Every searched (not fixed) parameter by its Optuna name; prior options are named `<prior>.<option>`."""
-        out = {name: getattr(self, name) for name in ("alpha", "beta", "tap_layer", "prior")}
+        out = {name: getattr(self, name) for name in TRIAL_PARAMS}
         for prior, options in self.prior_options.items():
             for option, spec in options.items():
                 out[f"{prior}.{option}"] = spec
@@ -242,6 +287,13 @@ class DataSection(_Strict):
     """Instruction field name when not a known one."""
     response_field: Optional[str] = None
     """Response field name when not a known one."""
+    prompt_format: Literal["auto", "chat", "plain", "official"] = "auto"
+    """Prompt of training and of every validation/test generation: "auto" (chat template if the tokenizer
+    has one, else "plain"), "chat" (chat template required), "plain" ("### Instruction:/### Response:"),
+    "official" (the official IB-FT script's instruction + "\\n", no special tokens). See DataConfig."""
+    append_eos: bool = True
+    """Append EOS to each response (also with "official", whose script does not): a model never taught to
+    stop generates max_new_tokens at every validation; false reproduces the official script exactly."""
 
 
 class LoraSection(_Strict):
@@ -459,7 +511,76 @@ class FaultInjection(_Strict):
     nan_at_step: int = Field(ge=1)
     """Optimizer step at which the loss becomes NaN."""
     trials: list[int] = Field(min_length=1)
-    """Optuna trial numbers (0 = the baseline, 1 = the paper trial, then sampled trials) that get the fault."""
+    """Optuna trial numbers (0 = the baseline, 1 = the paper trial, then the space's presets, then sampled
+    trials) that get the fault."""
+
+
+class Preset(_Strict):
+    """One fixed IB setting a space runs as its own trial (`presets: {name: {...}}`), after the baseline and the
+    paper trial, with its name as the trial's role."""
+
+    alpha: float
+    """Weight of the IB term, > 0 (alpha 0 is the baseline, which every search runs first)."""
+    beta: float
+    """Weight of CE_ib inside the IB term, >= 0."""
+    tap_layer: Union[int, float]
+    """Tap layer: an int (negative counts from the top) or a fraction of depth in (0, 1); checked against the
+    model's depth like params.tap_layer."""
+    prior: str = PAPER_PRIOR
+    """Prior p(z) by name (any registered prior, searched by the space or not)."""
+    prior_options: dict[str, Scalar] = Field(default_factory=dict)
+    """Fixed options of that prior (e.g. {components: 4}); options the space searches for this prior and
+    the preset leaves out are drawn as in a search trial."""
+    kl_reduction: Optional[str] = None
+    """"mean" or "sum"; unset: params.kl_reduction where the space fixes it, else "mean"."""
+    encoder_input: Optional[str] = None
+    """"raw" or "rms_norm"; unset: params.encoder_input where the space fixes it, else "raw"."""
+
+    @field_validator("kl_reduction", "encoder_input")
+    @classmethod
+    def _ib_semantics(cls, v: Optional[str], info: Any) -> Optional[str]:
+        allowed = IB_SEMANTICS_CHOICES[info.field_name]
+        if v is not None and v not in allowed:
+            raise ValueError(f"{info.field_name} {v!r} is unknown; allowed: {', '.join(allowed)}")
+        return v
+
+    @field_validator("alpha", mode="before")
+    @classmethod
+    def _alpha(cls, v: Any) -> Any:
+        if not _is_number(v) or v <= 0:
+            raise ValueError(f"alpha must be a number > 0 (alpha 0 is the baseline, which every search runs first), got {v!r}")
+        return v
+
+    @field_validator("beta", mode="before")
+    @classmethod
+    def _beta(cls, v: Any) -> Any:
+        if not _is_number(v) or v < 0:
+            raise ValueError(f"beta must be a number >= 0, got {v!r}")
+        return v
+
+    @field_validator("tap_layer", mode="before")
+    @classmethod
+    def _tap_layer(cls, v: Any) -> Any:
+        if not _is_tap_value(v):
+            raise ValueError(f"tap_layer must be an int, a negative int or a fraction in (0, 1), got {v!r}")
+        return v
+
+    @field_validator("prior")
+    @classmethod
+    def _prior(cls, v: str) -> str:
+        if v not in PRIOR_NAMES:
+            raise ValueError(f"unknown prior {v!r}; allowed: {', '.join(PRIOR_NAMES)}")
+        return v
+
+    def values(self) -> dict[str, Any]:
+        """The trial's IB parameters, as the baseline's and the paper trial's are given (kl_reduction and
+        encoder_input only where the preset sets them; SearchSpace fills in the rest)."""
+        out = {
+            "alpha": self.alpha, "beta": self.beta, "tap_layer": self.tap_layer, "prior": self.prior,
+            "prior_options": dict(self.prior_options),
+        }
+        out.update({k: getattr(self, k) for k in IB_SEMANTICS_PARAMS if getattr(self, k) is not None})
+        return out
 
 
 class SearchSpace(_Strict):
@@ -493,7 +614,7 @@ class SearchSpace(_Strict):
     Optuna's default, 10). The preset trials and proposals answered from an earlier run count. A search of a
     few dozen trials under ASHA learns from its stopped trials early; a small value lets it use them."""
     num_samples: int = Field(default=20, ge=1)
-    """Trials in the search, the baseline and paper trials included."""
+    """Trials in the search, the preset trials (baseline, paper and the space's presets) included."""
     max_concurrent: int = Field(default=2, ge=1)
     """Trials running at once."""
     seed: int = 0
@@ -514,6 +635,11 @@ class SearchSpace(_Strict):
     """Retries."""
     paper_beta: float = Field(default=PAPER_BETA, ge=0)
     """beta of the paper-setting trial (paper: 0.02 on OriGen, 0.01 on Evol-CodeAlpaca-V1)."""
+    presets: dict[str, Preset] = Field(default_factory=dict)
+    """The space's own fixed settings, each run as one trial after the baseline and the paper trial, in file
+    order, with its name as the trial's role (in trials.csv, the report and the Optuna study); they count in
+    num_samples. A preset named "paper" replaces the built-in paper setting (and then paper_beta must be
+    unset); "baseline" and "search" are taken. E.g. {official: {alpha: 0.2, beta: 0.01, tap_layer: 20}}."""
     memorization: MemorizationSection = Field(default_factory=MemorizationSection)
     """Memorization analysis of every finished trial (off unless enabled)."""
     faults: Optional[FaultInjection] = None
@@ -525,10 +651,30 @@ class SearchSpace(_Strict):
             raise ValueError(f"startup_trials applies to sampler tpe only, got sampler {self.sampler!r}")
         return self
 
+    @field_validator("presets", mode="before")
+    @classmethod
+    def _preset_names(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            for name in v:
+                if name in RESERVED_PRESET_NAMES:
+                    raise ValueError(
+                        f"preset name {name!r} is taken ({', '.join(RESERVED_PRESET_NAMES)} are roles every search "
+                        "has; a preset named 'paper' replaces the paper setting)"
+                    )
+                if not isinstance(name, str) or not PRESET_NAME.match(name):
+                    raise ValueError(f"preset name {name!r} must be a letter then letters, digits, '_' or '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _paper_set_once(self) -> "SearchSpace":
+        if "paper" in self.presets and "paper_beta" in self.model_fields_set:
+            raise ValueError("paper_beta and presets.paper both set the paper trial; give its beta in presets.paper")
+        return self
+
     @field_validator("ib")
     @classmethod
     def _ib_fixed(cls, v: dict[str, Any]) -> dict[str, Any]:
-        searched = ("alpha", "beta", "tap_layer", "prior", "prior_options")
+        searched = (*TRIAL_PARAMS, "prior_options")
         allowed = ("bottleneck_dim", "logvar_min", "logvar_max", "ib_token_fraction", "ce_chunk_size")
         for key, value in v.items():
             if key in searched:
@@ -615,6 +761,7 @@ class SearchSpace(_Strict):
         else:
             values = [spec]
         checked = [("params.tap_layer", value) for value in values]
+        checked += [(f"presets.{name}.tap_layer", preset.tap_layer) for name, preset in self.presets.items()]
         if self.memorization.enabled and self.memorization.tap_layer is not None:
             checked.append(("memorization.tap_layer", self.memorization.tap_layer))
         for name, value in checked:
@@ -632,16 +779,34 @@ class SearchSpace(_Strict):
         return self.training.num_rungs
 
     def paper_params(self) -> dict[str, Any]:
-        """The paper's setting (alpha 0.1, beta paper_beta, tap layer 20 where the model has one, standard normal)."""
+        """The paper trial's setting: presets.paper when the space gives one, else the paper's (alpha 0.1, beta
+        paper_beta, tap layer 20 where the model has one, standard normal)."""
+        if "paper" in self.presets:
+            return self._preset_semantics(self.presets["paper"].values())
         depth = self.model.depth()
         tap: Union[int, float] = PAPER_TAP_LAYER if depth is None or depth >= PAPER_TAP_LAYER else PAPER_TAP_FRACTION
-        return {"alpha": PAPER_ALPHA, "beta": self.paper_beta, "tap_layer": tap, "prior": PAPER_PRIOR, "prior_options": {}}
+        return self._preset_semantics(
+            {"alpha": PAPER_ALPHA, "beta": self.paper_beta, "tap_layer": tap, "prior": PAPER_PRIOR, "prior_options": {}}
+        )
+
+    def named_presets(self) -> list[tuple[str, dict[str, Any]]]:
+        """(name, values) of the space's presets other than "paper", in file order: the trials enqueued after
+        the baseline and the paper trial."""
+        return [(name, self._preset_semantics(p.values())) for name, p in self.presets.items() if name != "paper"]
+
+    def _preset_semantics(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A preset trial's values with kl_reduction / encoder_input it leaves out: the space's value where it
+        fixes one, else the default ("mean", "raw")."""
+        for name in IB_SEMANTICS_PARAMS:
+            spec = getattr(self.params, name)
+            values.setdefault(name, SearchedParams.model_fields[name].default if isinstance(spec, Domain) else spec)
+        return values
 
     def fixed_params(self) -> dict[str, Any]:
         """Parameters the space fixes to one value (not searched)."""
         out = {
             name: getattr(self.params, name)
-            for name in ("alpha", "beta", "tap_layer", "prior")
+            for name in TRIAL_PARAMS
             if not isinstance(getattr(self.params, name), Domain)
         }
         return out
@@ -714,4 +879,49 @@ def load_space(path: str | Path) -> SearchSpace:
     space = parse_space(data, str(p))
     if space.name is None or data.get("name") is None:
         space.name = p.stem
+    return space
+
+
+# ---- what a run directory's unset kl_reduction / encoder_input mean ------------------------------------------
+
+
+def default_ib_semantics() -> dict[str, str]:
+    """What params.kl_reduction / params.encoder_input are when a space file leaves them out (today)."""
+    return {name: SearchedParams.model_fields[name].default for name in IB_SEMANTICS_PARAMS}
+
+
+def record_ib_semantics(run_dir: Path) -> None:
+    """Write RUN_DIR/ib_semantics.json at the start of a search: what its unset kl_reduction / encoder_input mean."""
+    import json
+
+    (Path(run_dir) / IB_SEMANTICS_FILE).write_text(json.dumps(default_ib_semantics(), indent=2) + "\n")
+
+
+def run_ib_semantics(run_dir: Path) -> dict[str, str]:
+    """What unset params.kl_reduction / encoder_input mean in the run at RUN_DIR: its ib_semantics.json, or
+    LEGACY_SEMANTICS for a run started before that record (and the two params) existed."""
+    import json
+
+    path = Path(run_dir) / IB_SEMANTICS_FILE
+    if not path.is_file():
+        return dict(LEGACY_SEMANTICS)
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable ({' '.join(str(e).split())})") from None
+    valid = isinstance(recorded, dict) and all(recorded.get(k) in IB_SEMANTICS_CHOICES[k] for k in IB_SEMANTICS_PARAMS)
+    if not valid:
+        allowed = "; ".join(f"{k}: {', '.join(v)}" for k, v in IB_SEMANTICS_CHOICES.items())
+        raise ConfigError(f"{path}: expected {{kl_reduction, encoder_input}} ({allowed}), got {recorded!r}")
+    return {k: recorded[k] for k in IB_SEMANTICS_PARAMS}
+
+
+def with_run_ib_semantics(space: SearchSpace, run_dir: Path) -> SearchSpace:
+    """`space` (the run's copy of its space file) with the kl_reduction / encoder_input the file leaves unset set to
+    what they meant when the run started (run_ib_semantics): a resumed run proposes, and its report reads, trials
+    with the semantics its first trials trained with, whatever today's defaults are."""
+    semantics = run_ib_semantics(run_dir)
+    for name in IB_SEMANTICS_PARAMS:
+        if name not in space.params.model_fields_set:
+            setattr(space.params, name, semantics[name])
     return space

@@ -1,7 +1,8 @@
 """Build and run one search: Ray Tune Tuner + Optuna (SQLite study) + ASHA, fresh or resumed, then its tables.
 
-RUN_DIR layout: space.yaml (the space the search runs), optuna.db (study named after the search, so
-`optuna-dashboard sqlite:///RUN_DIR/optuna.db` opens it), tune/ (Ray's results and experiment state),
+RUN_DIR layout: space.yaml (the space the search runs), ib_semantics.json (what its unset params.kl_reduction /
+params.encoder_input mean; a run without it predates them: search.space.run_ib_semantics), optuna.db (study
+named after the search, so `optuna-dashboard sqlite:///RUN_DIR/optuna.db` opens it), tune/ (Ray's results and experiment state),
 trials/<trial_id>/ (each trial's Ray Train run: checkpoints), wandb/, trials.csv and pareto.json.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Optional
 import optuna
 from ray.tune import CLIReporter
 
-from search.space import SearchSpace, load_space
+from search.space import SearchSpace, load_space, record_ib_semantics, with_run_ib_semantics
 from trainables.errors import ConfigError
 
 SPACE_FILE = "space.yaml"
@@ -51,6 +52,7 @@ def prepare_run_dir(space_path: Path, run_dir: Path) -> None:
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(space_path, run_dir / SPACE_FILE)
+    record_ib_semantics(run_dir)  # what the copy's unset params.kl_reduction / encoder_input mean, for --resume
 
 
 def load_run_space(run_dir: Path) -> SearchSpace:
@@ -59,7 +61,9 @@ def load_run_space(run_dir: Path) -> SearchSpace:
 
     if not (run_dir / SPACE_FILE).is_file() or not (run_dir / TUNE_DIR).is_dir():
         raise ConfigError(f"--resume {run_dir}: not a search run directory (no {SPACE_FILE} and {TUNE_DIR}/)")
-    space = load_space(run_dir / SPACE_FILE)
+    # A run started before ib_semantics.json existed trained with LEGACY_SEMANTICS: its space file cannot set
+    # kl_reduction / encoder_input, and today's defaults must not change what its remaining trials train with.
+    space = with_run_ib_semantics(load_space(run_dir / SPACE_FILE), run_dir)
     space.name = run_dir.name
     return space
 

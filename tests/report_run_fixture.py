@@ -136,12 +136,50 @@ def memorization_results(number: int) -> dict[str, float]:
     }
 
 
+TASK_SAMPLES = 10
+"""Samples per task in the per-task counts of write_run(task_counts=True)."""
+TASK_CORRECT = {
+    0: [10, 3, 2, 4, 0, 1, 5, 2, 3, 0],   # val pass@1 0.30, pass@10(10) 0.1 (the baseline)
+    1: [10, 10, 2, 4, 0, 1, 5, 2, 3, 0],  # 0.37, 0.2: one more fully solved task than the baseline, nothing else
+    2: [10, 5, 4, 6, 1, 2, 7, 3, 4, 1],   # 0.43, 0.1: 1-2 more correct samples than the baseline on 9 of 10 tasks
+    3: [9, 10, 1, 3, 0, 0, 4, 1, 2, 0],   # 0.30, 0.1
+    4: [10, 2, 2, 3, 0, 1, 4, 2, 2, 0],   # 0.26, 0.1
+    5: [5, 1, 0, 0, 0, 0, 1, 0, 0, 0],    # stopped at rung 1
+}
+"""Correct samples per validation task (10 tasks) per trial number, for write_run(task_counts=True); each test
+task has one correct sample fewer. The front is then #1 and #2 (#0 and #3 are dominated by #1)."""
+
+
+def task_counts_of(number: int, *, test: bool = True) -> dict[str, dict[str, list[int]]]:
+    """split -> task_id -> [n, c] of trial `number` (test only at its last rung)."""
+    val = TASK_CORRECT[number]
+    splits = [("val", val)] + ([("test", [max(0, c - 1) for c in val])] if test else [])
+    return {split: {f"task/{i}": [TASK_SAMPLES, c] for i, c in enumerate(cs)} for split, cs in splits}
+
+
+def _record_task_counts(result: dict[str, Any], number: int, checkpoint: Path) -> None:
+    """Write the rung's task_counts.json as the trainable does and set the result's pass rates to match it."""
+    import re
+
+    from trainables.metrics import mean_pass_at_k
+
+    counts = task_counts_of(number, test=result["rung"] == NUM_RUNGS)
+    for key in list(result):
+        match = re.fullmatch(r"(val|test)/pass@(\d+)(?:\((\d+)\))?", key)
+        if match and match[1] in counts:
+            pairs = list(counts[match[1]].values())
+            result[key] = mean_pass_at_k([n for n, _ in pairs], [c for _, c in pairs], int(match[2]), int(match[3] or 1))
+    (checkpoint / "task_counts.json").write_text(json.dumps({"rung": result["rung"], "step": result["step"], **counts}))
+
+
 def write_run(
-    root: Path, *, finished: bool = True, only: Optional[list[int]] = None, memorization_objective: bool = False
+    root: Path, *, finished: bool = True, only: Optional[list[int]] = None, memorization_objective: bool = False,
+    task_counts: bool = False,
 ) -> Path:
     """Write the run directory root/fixture; finished=False leaves out trials.csv/pareto.json and the last
     trial's final rung (a running or crashed search); `only` keeps those trial numbers; memorization_objective
-    makes memorization/gap (min) a third objective of the space and the study."""
+    makes memorization/gap (min) a third objective of the space and the study; task_counts gives every trial
+    that reported a rung a task_counts.json for its last rung (TASK_CORRECT) and pass rates computed from it."""
     from search.results import trial_row, write_pareto_json, write_trials_csv
 
     objectives = OBJECTIVES + ([MEMORIZATION_OBJECTIVE] if memorization_objective else [])
@@ -187,6 +225,8 @@ def write_run(
             (checkpoint / "train_config.json").write_text(json.dumps(cfg))
             for r in results:
                 r["checkpoint_path"] = str(checkpoint)
+            if task_counts:
+                _record_task_counts(results[-1], number, checkpoint)
         with (trial_dir / "result.json").open("w") as f:
             for r in results:
                 f.write(json.dumps(r) + "\n")

@@ -119,6 +119,67 @@ def test_resumed_study_does_not_enqueue_presets_again(tmp_path):
     assert roles.count("baseline") == 1 and roles.count("paper") == 1
 
 
+# Two presets on the smoke space: one inside the searched domains (beta, tap layer, prior and the mog option
+# are choices there; alpha 0.2 lies in the log-uniform range), one outside them (beta 0.005, tap layer 2).
+SMOKE_PRESETS = {
+    "official": {"alpha": 0.2, "beta": 0.01, "tap_layer": -1, "prior": "mog", "prior_options": {"components": 3}},
+    "wide": {"alpha": 0.05, "beta": 0.005, "tap_layer": 2, "prior": "learnable_gaussian"},
+}
+
+
+def _preset_searcher(tmp_path: Path, presets: dict, **extra) -> PrunedAwareOptunaSearch:
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "spaces" / "smoke.yaml").read_text())
+    doc.update(presets=presets, **extra)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    space = load_space(tmp_path / "s.yaml")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    return PrunedAwareOptunaSearch(space, sampler=optuna.samplers.RandomSampler(seed=0), storage=storage, study_name="s")
+
+
+def test_space_presets_run_after_baseline_and_paper_in_file_order_with_their_names_as_roles(tmp_path):
+    searcher = _preset_searcher(tmp_path, SMOKE_PRESETS)
+    configs = [searcher.suggest(f"t{i}") for i in range(5)]
+    assert [c["role"] for c in configs] == ["baseline", "paper", "official", "wide", "search"]
+    assert [c["optuna_trial"] for c in configs] == [0, 1, 2, 3, 4]
+    official, wide = configs[2], configs[3]
+    assert (official["alpha"], official["beta"], official["tap_layer"], official["prior"]) == (0.2, 0.01, -1, "mog")
+    assert official["prior_options"] == {"components": 3}
+    assert (wide["alpha"], wide["beta"], wide["tap_layer"], wide["prior"]) == (0.05, 0.005, 2, "learnable_gaussian")
+    assert wide["prior_options"] == {}
+    trials = searcher.study.get_trials(deepcopy=False)
+    assert [t.user_attrs["role"] for t in trials[:4]] == ["baseline", "paper", "official", "wide"]
+    # What lies inside the searched domains reaches Optuna as fixed parameters; the rest are user attributes.
+    assert trials[2].params == {"alpha": 0.2, "beta": 0.01, "tap_layer": -1, "prior": "mog", "mog.components": 3}
+    assert trials[3].params == {"alpha": 0.05}
+    assert trials[3].user_attrs["preset"]["beta"] == 0.005
+    # The baseline keeps the paper trial's tap layer and prior; named presets do not change it.
+    assert configs[0]["alpha"] == 0.0 and configs[0]["tap_layer"] == pytest.approx(2 / 3)
+
+
+def test_a_preset_named_paper_replaces_the_paper_setting(tmp_path):
+    paper = {"alpha": 0.3, "beta": 0.1, "tap_layer": 1, "prior": "standard_normal"}
+    searcher = _preset_searcher(tmp_path, {"official": SMOKE_PRESETS["official"], "paper": paper})
+    configs = [searcher.suggest(f"t{i}") for i in range(4)]
+    assert [c["role"] for c in configs] == ["baseline", "paper", "official", "search"]
+    assert (configs[1]["alpha"], configs[1]["beta"], configs[1]["tap_layer"]) == (0.3, 0.1, 1)
+    assert configs[0]["tap_layer"] == 1 and configs[0]["alpha"] == 0.0  # the baseline taps where the paper trial does
+
+
+def test_resumed_study_does_not_enqueue_space_presets_again(tmp_path):
+    first = _preset_searcher(tmp_path, SMOKE_PRESETS)
+    first.suggest("t0")
+    first.suggest("t1")
+    second = _preset_searcher(tmp_path, SMOKE_PRESETS)  # same storage and study name
+    trials = second.study.get_trials(deepcopy=False)
+    roles = [t.user_attrs.get("role") for t in trials]
+    assert roles == ["baseline", "paper", "official", "wide"]
+    # The resumed searcher runs the two waiting presets, then searches.
+    assert [second.suggest(f"r{i}")["role"] for i in range(3)] == ["official", "wide", "search"]
+    assert len(second.study.get_trials(deepcopy=False)) == 5
+
+
 def _grid_searcher(tmp_path: Path, seed: int = 0) -> PrunedAwareOptunaSearch:
     """The 12-point smollm2-grid space (alpha x tap layer choices) under a random sampler, which repeats itself."""
     space = load_space(ROOT / "spaces" / "smollm2-grid.yaml")
@@ -214,7 +275,7 @@ def test_a_converged_sampler_on_a_finite_space_runs_untried_combinations_then_th
         searcher.on_trial_complete(f"t{i}", {**_result(3, 0.1, 0.1), "val/pass@10(10)": 0.1})
     # Every distinct configuration once, then no more trials: the stuck point once, the rest as untried picks.
     assert len(runs) == distinct and len(set(runs)) == distinct, runs
-    assert runs[2] == (0.01, 10, space.params.prior), runs
+    assert runs[2] == (space.params.alpha.choices[0], 10, space.params.prior), runs  # the first choice of each
     trials = searcher.study.get_trials(deepcopy=False)
     assert sum(bool(t.user_attrs.get("untried_pick")) for t in trials) == 12 - 1 - (distinct == 13)
     assert sum("ray_trial_id" in t.user_attrs for t in trials) == distinct
@@ -290,3 +351,65 @@ def test_study_storage_opens_again_after_losing_the_schema_race(tmp_path, monkey
     monkeypatch.setattr(tuner, "STORAGE_OPEN_ATTEMPTS", 2)
     with pytest.raises(sqlalchemy.exc.OperationalError):
         tuner.open_study_storage(db)  # a lasting failure still surfaces
+
+
+def test_kl_reduction_and_encoder_input_searched_as_choices_reach_the_trials_train_config(tmp_path):
+    import yaml
+
+    import trainables.tune_trainable as tt
+    from search.optuna_bridge import finite_combinations
+    from search.tuner import trial_setup
+    from trainables.train.config import TrainConfig
+
+    doc = yaml.safe_load((ROOT / "spaces" / "smoke.yaml").read_text())
+    doc["params"].update(kl_reduction={"choices": ["mean", "sum"]}, encoder_input="rms_norm")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    space = load_space(tmp_path / "s.yaml")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    searcher = PrunedAwareOptunaSearch(space, sampler=sampler, storage=storage, study_name="s")
+    configs = [searcher.suggest(f"t{i}") for i in range(12)]
+    assert all({"kl_reduction", "encoder_input"} <= set(c) for c in configs)  # every trial carries both
+    assert (configs[0]["kl_reduction"], configs[1]["kl_reduction"]) == ("mean", "mean")  # presets: the default
+    assert {c["kl_reduction"] for c in configs if c["role"] == "search"} == {"mean", "sum"}
+    assert {c["encoder_input"] for c in configs} == {"rms_norm"}
+    trials = searcher.study.get_trials(deepcopy=False)
+    assert trials[1].params["kl_reduction"] == "mean"  # the paper preset's value is a point of the searched domain
+    assert all("encoder_input" not in t.params for t in trials)  # fixed: a constant, not an Optuna parameter
+    setup = trial_setup(space, tmp_path)
+    for c in configs:
+        train = tt.train_config_dict(setup, tt.trial_params(c), output_dir="/tmp/x", optuna_trial=0)
+        cfg = TrainConfig.from_dict(train)
+        assert (cfg.ib.kl_reduction, cfg.ib.encoder_input) == (c["kl_reduction"], "rms_norm")
+
+    doc = yaml.safe_load((ROOT / "spaces" / "smollm2-grid.yaml").read_text())
+    doc["params"]["kl_reduction"] = {"choices": ["mean", "sum"]}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    combos = finite_combinations(load_space(tmp_path / "g.yaml"))
+    assert len(combos) == 24 and {"alpha": 0.03, "tap_layer": 20, "kl_reduction": "sum"} in combos
+
+
+def test_a_searcher_pickled_before_the_ib_semantics_existed_resumes_with_legacy(tmp_path):
+    """Tune restores the searcher, space included, from its pickle in RUN_DIR/tune: one from a run started before
+    kl_reduction / encoder_input existed keeps proposing trials with the semantics that run trained with."""
+    from search.optuna_bridge import TrainingKey
+    from trainables.ib.config import LEGACY_SEMANTICS
+
+    searcher = _searcher(tmp_path)
+    for key in LEGACY_SEMANTICS:  # what such a pickle holds: neither field, nor either constant
+        del searcher._search_space.params.__dict__[key]
+        del searcher._key._constants[key]
+    for t in searcher.study.get_trials(deepcopy=False):  # and the presets it enqueued had neither key
+        preset = {k: v for k, v in t.user_attrs["preset"].items() if k not in LEGACY_SEMANTICS}
+        searcher.study._storage.set_trial_user_attr(t._trial_id, "preset", preset)
+    restored = pickle.loads(pickle.dumps(searcher))
+    configs = [restored.suggest(f"t{i}") for i in range(4)]
+    assert all({k: c[k] for k in LEGACY_SEMANTICS} == LEGACY_SEMANTICS for c in configs)
+    # Old study records (presets without the keys) and old constants compare as what they trained with.
+    space = load_space(ROOT / "spaces" / "smoke.yaml")
+    params = {"alpha": 0.1, "beta": 0.01, "tap_layer": 1, "prior": "standard_normal"}
+    old_preset = {"preset": {**params, "prior_options": {}}}
+    assert restored._key(params, old_preset) == restored._key(params, {})
+    new_key = TrainingKey(space)
+    assert new_key(params, {}) != restored._key(params, {})  # mean/raw today is not the legacy sum/rms_norm
+    assert dict(new_key(params, {"preset": {**params, **LEGACY_SEMANTICS}})) == dict(restored._key(params, old_preset))

@@ -39,8 +39,11 @@ def test_finished_run_joins_every_source(finished_run):
     assert [t.role for t in run.trials[:3]] == ["baseline", "paper", "search"]
     assert run.trials[5].last_rung == 1 and run.trials[5].steps == 10
     assert run.trials[6].error == fixture.ERROR_LINE
+    # The fixture's trial configs carry no kl_reduction / encoder_input: proposed before they existed, so
+    # trials.csv records the legacy semantics they trained with.
     assert run.trials[2].params == {"alpha": 0.05, "beta": 0.01, "tap_layer": 1, "prior": "mog",
-                                    "prior_options": {"components": 2}}
+                                    "prior_options": {"components": 2}, "kl_reduction": "sum",
+                                    "encoder_input": "rms_norm"}
     assert run.trials[1].metrics["test/pass@10(10)"] == 0.13
     assert [r["rung"] for r in run.trials[0].rungs] == [1, 2, 3]
     assert run.trials[0].train_config["ib"]["alpha"] == 0.0
@@ -218,3 +221,91 @@ def test_repeats_answered_from_earlier_runs_are_counted_not_shown_as_trials(tmp_
     assert after.importances == before.importances  # the repeat's values do not count twice
     write_report(run_dir, tmp_path / "report", png=False)
     assert "1 proposal(s) of an already-run configuration were answered" in (tmp_path / "report" / "summary.md").read_text()
+
+
+def test_a_space_preset_is_marked_and_labelled_like_the_baseline_and_paper(tmp_path, monkeypatch):
+    """A trial of a space's own preset (role = its name) is named in the glance, listed with the front
+    configurations (its own row class), gets a reproduce config and its own marker on the Pareto figure."""
+    import csv
+
+    from search.report import figures
+    from search.report.html import render_page
+
+    trials = [dict(t) for t in fixture.TRIALS]
+    trials[4]["role"] = "official"  # a dominated trial
+    monkeypatch.setattr(fixture, "TRIALS", trials)
+    run_dir = fixture.write_run(tmp_path)
+    with (run_dir / "trials.csv").open() as f:
+        assert [row["role"] for row in csv.DictReader(f)][:5] == ["baseline", "paper", "search", "search", "official"]
+    facts = analyse(load_run(run_dir))
+    assert [t.label for t in facts.presets] == ["#4"] and [t.label for t in facts.marked] == ["#0", "#1", "#4"]
+    page = render_page(facts, {})
+    assert "<dt>Preset official</dt><dd>#4, dominated by" in page
+    assert '<tr class="preset"><td>#4</td><td>official</td>' in page
+    names = [trace.name for trace in figures.pareto_figure(facts).data]
+    assert "official (#4, complete)" in names and "paper (#1, complete)" in names
+    assert figures.trial_name(facts.presets[0]) == "#4 official"
+    result = write_report(run_dir, tmp_path / "report", png=False)
+    assert set(result["configs"]) == {"#0", "#1", "#2", "#3", "#4"}  # the front, baseline and the preset
+
+
+def test_trials_csv_records_kl_reduction_and_encoder_input(tmp_path):
+    from search.results import PARAM_COLUMNS, read_trials_csv, trial_row, write_trials_csv
+
+    params = {"alpha": 0.1, "beta": 0.01, "tap_layer": 2, "prior": "standard_normal", "prior_options": {}}
+    records = [
+        {"trial_id": "new", "config": {**params, "kl_reduction": "sum", "encoder_input": "raw", "optuna_trial": 0}},
+        {"trial_id": "old", "config": {**params, "optuna_trial": 1}},  # proposed before the two keys existed
+        {"trial_id": "none", "config": {}},  # nothing known about it
+    ]
+    rows = [trial_row(r, num_rungs=3, objectives=["val/pass@1"]) for r in records]
+    write_trials_csv(rows, tmp_path / "trials.csv")
+    header = (tmp_path / "trials.csv").read_text().splitlines()[0].split(",")
+    assert header[3:3 + len(PARAM_COLUMNS)] == [
+        "alpha", "beta", "tap_layer", "prior", "kl_reduction", "encoder_input", "prior_options"
+    ]
+    read = {r["trial_id"]: r for r in read_trials_csv(tmp_path / "trials.csv")}
+    assert (read["new"]["kl_reduction"], read["new"]["encoder_input"]) == ("sum", "raw")
+    assert (read["old"]["kl_reduction"], read["old"]["encoder_input"]) == ("sum", "rms_norm")
+    assert read["none"]["kl_reduction"] is None
+
+
+def test_an_old_run_without_the_columns_or_the_record_reads_as_legacy_a_new_one_as_recorded(tmp_path):
+    import csv
+    import shutil
+
+    from search.space import IB_SEMANTICS_FILE
+
+    run_dir = fixture.write_run(tmp_path)
+    # A run made before kl_reduction / encoder_input: no such trials.csv columns, checkpoints without the keys.
+    with (run_dir / "trials.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = [c for c in rows[0] if c not in ("kl_reduction", "encoder_input")]
+    with (run_dir / "trials.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    for path in (run_dir / "trials").glob("*/checkpoint_*/train_config.json"):
+        config = json.loads(path.read_text())
+        for key in ("kl_reduction", "encoder_input"):
+            del config["ib"][key]
+        path.write_text(json.dumps(config))
+    run = load_run(run_dir)
+    assert run.notes == []
+    assert all((t.params["kl_reduction"], t.params["encoder_input"]) == ("sum", "rms_norm") for t in run.trials)
+    result = write_report(run_dir, tmp_path / "old-report", png=False)
+    page = Path(result["html"]).read_text()
+    assert "KL / encoder input" in page and "sum / rms_norm" in page
+    assert "| sum / rms_norm |" in Path(result["summary"]).read_text()
+
+    # A run whose record says mean/raw: trials known from the study alone (no Ray results, no trials.csv, no
+    # checkpoint) take the space's value, since the space fixes both.
+    (run_dir / IB_SEMANTICS_FILE).write_text(json.dumps({"kl_reduction": "mean", "encoder_input": "raw"}))
+    for name in ("trials.csv", "pareto.json"):
+        (run_dir / name).unlink()
+    shutil.rmtree(run_dir / "tune")
+    shutil.rmtree(run_dir / "trials")
+    (run_dir / "tune").mkdir()
+    run = load_run(run_dir)
+    told = [t for t in run.trials if t.params]
+    assert told and all((t.params["kl_reduction"], t.params["encoder_input"]) == ("mean", "raw") for t in told)

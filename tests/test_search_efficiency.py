@@ -93,6 +93,26 @@ def test_tpe_runs_the_presets_first_as_the_product_enqueues_them(tmp_path):
     assert i2 in curves.grid
 
 
+def test_a_space_preset_runs_after_baseline_and_paper_as_the_product_enqueues_it(tmp_path):
+    path = _fake_curves(tmp_path / "c.json")
+    doc = json.loads(path.read_text())
+    # The space's own preset "official" (alpha 0.2: outside the grid's alpha choices, tap layer 20 inside).
+    official = {"alpha": 0.2, "beta": 0.01, "tap_layer": 20, "prior": "standard_normal"}
+    doc["configs"].insert(6, {"trial": 6, "role": "official", "params": official, "state": "COMPLETE",
+                              "rungs": _rungs(*BASELINE)})
+    path.write_text(json.dumps(doc))
+    curves = se.load_curves(path)
+    assert curves.presets == [("baseline", 4), ("paper", 3), ("official", 5)]
+    assert curves.grid == [0, 1, 2, 3] and se.grid_order(curves)[:3] == [4, 3, 5]
+    tpe = se.OptunaTPE(curves, seed=0)
+    asked = [tpe.ask() for _ in range(3)]
+    assert [i for _, i in asked] == [4, 3, 5]
+    assert asked[2][0].params == {"tap_layer": 20} and asked[2][0].user_attrs["role"] == "official"
+    rnd = se.UniformRandom(curves, seed=0)
+    assert [rnd.ask()[1] for _ in range(3)] == [4, 3, 5]
+    assert len(se.load_curves(path, presets=False).configs) == 4  # --no-presets leaves it out like the others
+
+
 def test_tpe_replay_runs_every_grid_point_once_then_ends_as_the_product_does(tmp_path):
     curves = se.load_curves(_fake_curves(tmp_path / "c.json"))
     tpe = se.OptunaTPE(curves, seed=0, startup_trials=2)

@@ -78,6 +78,22 @@ def test_trials_csv_matches_the_study(smoke_run):
     assert "non-finite" in nan_row["error"]
 
 
+def test_every_trial_checkpoint_records_its_per_task_counts(smoke_run):
+    """Each trial's last rung checkpoint holds task_counts.json, and its counts reproduce the reported validation
+    rates: what `ibft report` bootstraps its intervals from."""
+    from search.report.load import COMPLETE, PRUNED, load_run
+    from trainables.metrics import mean_pass_at_k
+
+    ran = [t for t in load_run(smoke_run["run_dir"]).trials if t.state in (COMPLETE, PRUNED)]
+    assert ran
+    for trial in ran:
+        counts = trial.task_counts["val"]
+        assert len(counts) == 2 and all(n == 2 for n, _ in counts.values()), (trial.label, counts)
+        ns, cs = [n for n, _ in counts.values()], [c for _, c in counts.values()]
+        assert mean_pass_at_k(ns, cs, 1) == pytest.approx(trial.metrics["val/pass@1"], abs=1e-9)
+        assert mean_pass_at_k(ns, cs, 2, 2) == pytest.approx(trial.metrics["val/pass@2(2)"], abs=1e-9)
+
+
 def test_pareto_json_is_the_non_dominated_set_of_trials_csv(smoke_run):
     rows = [r for r in read_trials_csv(smoke_run["run_dir"] / "trials.csv") if r["state"] == "COMPLETE"]
     keys = ("val/pass@1", "val/pass@2(2)")

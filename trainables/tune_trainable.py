@@ -2,12 +2,13 @@
 
 The only module of `trainables` that imports ray. The search driver hands a trial plain data: config
 "setup" (what every trial of the search shares, from the space file) plus the trial's IB parameters
-(alpha, beta, tap_layer, prior, prior_options), its Optuna trial number and its role.
+(alpha, beta, tap_layer, prior, kl_reduction, encoder_input, prior_options), its Optuna trial number and its role.
 
 run_trial (on the Tune side) launches a TorchTrainer whose workers run trainables.train.loop.train with
 hooks that, every rung, evaluate val Pass@k(m) (the tasks split across ranks), and at the last rung the
 test split too (and, when the space asks for it, the memorization analysis of the trained model on rank 0),
-then `ray.train.report` the metrics, the loss components and throughput with the rung's checkpoint;
+then `ray.train.report` the metrics, the loss components and throughput with the rung's checkpoint (which also
+holds the rung's per-task pass counts, TASK_COUNTS_FILE, for the report's confidence intervals);
 TuneReportCallback forwards each report to Tune (ASHA, Optuna).
 
 Retries and resumes: the Train run of a trial is named after the trial in RUN_DIR/trials, so a retried or
@@ -30,6 +31,7 @@ from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from trainables.errors import ConfigError
+from trainables.ib.config import LEGACY_SEMANTICS
 from trainables.ray_trainer import IBTorchTrainer
 
 DRIVER_RESOURCES = {"cpu": 0, "memory": 64 * 1024**2}
@@ -38,9 +40,13 @@ DRIVER_RESOURCES = {"cpu": 0, "memory": 64 * 1024**2}
 No CPU at all: even 0.01 CPU per driver left a 2-CPU node 0.02 short of two 1-CPU trials, so one
 Train run waited for the other to finish. Ray refuses an empty bundle, so the driver asks for a
 little memory instead (every node has that resource)."""
-PARAM_KEYS = ("alpha", "beta", "tap_layer", "prior", "prior_options")
+PARAM_KEYS = ("alpha", "beta", "tap_layer", "prior", "kl_reduction", "encoder_input", "prior_options")
+"""The trial config keys that go into its TrainConfig's `ib` section."""
 RUNG_METRICS_FILE = "rung_metrics.json"
 """Written into each rung checkpoint: what was reported with it (a resumed finished run re-reports it)."""
+TASK_COUNTS_FILE = "task_counts.json"
+"""Written into each rung checkpoint: {"rung", "step", "val": {task_id: [n, c]}, "test": {...} (last rung only)},
+every rank's tasks merged, so `ibft report` can bootstrap intervals over tasks (search.report.load reads it)."""
 NONFINITE_MARKER = "nonfinite_loss.txt"
 
 
@@ -48,8 +54,16 @@ class NonFiniteTrialError(RuntimeError):
     """The trial's loss went non-finite; retrying the same configuration cannot help."""
 
 
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The trial's IB parameters (PARAM_KEYS) from its config. A config proposed before kl_reduction /
+    encoder_input existed (a resumed old run's unfinished trial) lacks them: it started with LEGACY_SEMANTICS,
+    and continues with them."""
+    return {k: config.get(k, LEGACY_SEMANTICS[k]) if k in LEGACY_SEMANTICS else config[k] for k in PARAM_KEYS}
+
+
 def train_config_dict(setup: dict[str, Any], params: dict[str, Any], *, output_dir: str, optuna_trial: Any) -> dict:
     """The TrainConfig (as a dict) of one trial: the space's shared settings plus the trial's IB parameters."""
+    params = trial_params(params)
     model, training, ds = setup["model"], setup["training"], setup["deepspeed"]
     faults = setup.get("faults") or {}
     nan_step = faults.get("nan_at_step") if optuna_trial in faults.get("trials", []) else None
@@ -103,7 +117,7 @@ def run_trial(config: dict[str, Any]) -> None:
     marker = trials_root / trial_id / NONFINITE_MARKER
     if marker.is_file():
         raise NonFiniteTrialError(marker.read_text().strip())
-    params = {k: config[k] for k in PARAM_KEYS}
+    params = trial_params(config)
     work_dir = trials_root / trial_id / "work"
     train_dict = train_config_dict(setup, params, output_dir=str(work_dir), optuna_trial=config.get("optuna_trial"))
     TrainConfig.from_dict(train_dict)  # a bad combination fails here, before any worker starts
@@ -166,7 +180,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
                 # The run finished before the trial was interrupted: report its last rung again for Tune.
                 ray.train.report(done)
                 return
-        rung = _RungReporter(setup, tap_layer=cfg.ib.tap_layer)
+        rung = _RungReporter(setup, tap_layer=cfg.ib.tap_layer, prompt_format=cfg.data.prompt_format)
         hooks = TrainHooks(on_log=rung.on_log, on_rung=rung.on_rung, rung_every=setup["training"]["rung_steps"])
         try:
             train(cfg, hooks=hooks, resume_from=resume_dir)
@@ -187,9 +201,11 @@ def _finished_metrics(checkpoint_dir: Path, max_steps: int) -> Optional[dict]:
 class _RungReporter:
     """The hooks of one worker: collects the loss components between rungs, evaluates and reports at each rung."""
 
-    def __init__(self, setup: dict[str, Any], tap_layer: Any = 0.5) -> None:
+    def __init__(self, setup: dict[str, Any], tap_layer: Any = 0.5, prompt_format: str = "auto") -> None:
         self.setup = setup
         self.tap_layer = tap_layer
+        # The trial's data.prompt_format: validation and test prompts are built as its training prompts were.
+        self.prompt_format = prompt_format
         self.logs: list[dict[str, float]] = []
         self.context = ray.train.get_context()
         self.rank, self.world = self.context.get_world_rank(), self.context.get_world_size()
@@ -207,6 +223,7 @@ class _RungReporter:
         rung = step // rung_steps
         final = rung >= self.setup["num_rungs"]
         report: dict[str, Any] = {"rung": rung, "step": step}
+        self.task_counts: dict[str, dict[str, list[int]]] = {}  # split -> task_id -> [n, c], filled by _evaluate
         if ray.is_initialized():  # (asked outside Ray, the runtime context would start a local Ray instance)
             # The Ray node this rank trained on (Tune forwards rank 0's report), so a multi-node search shows
             # where each rung ran; Tune's own node_ip cannot tell apart nodes that share a machine.
@@ -221,6 +238,9 @@ class _RungReporter:
         local_first = self.context.get_local_rank() == 0
         if local_first:
             Path(checkpoint_dir, RUNG_METRICS_FILE).write_text(json.dumps(report))
+            if self.task_counts:
+                counts = {"rung": rung, "step": step, **self.task_counts}
+                Path(checkpoint_dir, TASK_COUNTS_FILE).write_text(json.dumps(counts, separators=(",", ":")))
         # Every rank reports (Train synchronises on it); one rank per node uploads that node's checkpoint files.
         ray.train.report(report, checkpoint=Checkpoint.from_directory(checkpoint_dir) if local_first else None)
         self.logs.clear()
@@ -240,11 +260,12 @@ class _RungReporter:
         return out
 
     def _evaluate(self, prefix: str, bench: dict[str, Any], problems: list[dict], model: Any, tokenizer: Any) -> dict:
-        from trainables.evaluation import evaluate
+        from trainables import evaluation
+        from trainables.execution.results import per_task_counts
         from trainables.generation import GenerationSettings
 
         started = time.perf_counter()
-        summary = evaluate(
+        run = evaluation.run_evaluation(
             model,
             tokenizer,
             problems,
@@ -261,10 +282,15 @@ class _RungReporter:
             workers=max(1, int(self.setup["resources"]["cpus_per_worker"])),
             seed=self.setup["seed"] + 7919 * self.rank,
             timeout=bench["timeout"],
+            prompt_format=self.prompt_format,
         )
+        summary = run.summary
         names = _metric_keys(bench)
         local = {name: float(summary[name]) for name in names} if problems else {name: 0.0 for name in names}
         combined = _combine_across_ranks(local, len(problems))
+        # Per-task [n, c] over every rank's share: on_rung writes them next to the rung's metrics (TASK_COUNTS_FILE)
+        # rather than reporting them to Tune, where every val/ key would become a trials.csv column.
+        self.task_counts[prefix] = _gather_task_counts(per_task_counts(run.results) if problems else {})
         out = {f"{prefix}/{name}": value for name, value in combined.items()}
         out[f"{prefix}/eval_seconds"] = time.perf_counter() - started
         return out
@@ -309,8 +335,11 @@ def trial_memorization(model: Any, tokenizer: Any, setup: dict[str, Any], tap_la
     data = DataConfig(**setup["data"])
     started = time.perf_counter()
     examples = load_examples(data, setup["seed"])
+    tokenized_as = {"prompt_format": data.prompt_format, "append_eos": data.append_eos}  # as the trial trained
     if data.drop_overlong:
-        examples = [ex for ex in examples if tokenize_examples([ex], tokenizer, data.max_length, drop_overlong=True)[0]]
+        examples = [
+            ex for ex in examples if tokenize_examples([ex], tokenizer, data.max_length, drop_overlong=True, **tokenized_as)[0]
+        ]
     examples = examples[: memo["max_examples"]]
     chosen = memo.get("tap_layer")
     try:
@@ -323,6 +352,7 @@ def trial_memorization(model: Any, tokenizer: Any, setup: dict[str, Any], tap_la
             tap_layer=chosen if chosen is not None else tap_layer,
             batch_size=memo["batch_size"],
             max_length=data.max_length,
+            **tokenized_as,
         )
     except ConfigError as e:
         raise ConfigError(f"memorization: {e}") from None
@@ -348,6 +378,24 @@ def _combine_across_ranks(local: dict[str, float], n_tasks: int) -> dict[str, fl
     if total == 0:
         return local
     return {name: sum(values[name] * n for values, n in gathered) / total for name in local}
+
+
+def _gather_task_counts(local: dict[str, Any]) -> dict[str, list[int]]:
+    """task_id -> [n samples, c passed] over every rank's task share (a collective: every rank calls it)."""
+    import torch.distributed as dist
+
+    merged = {str(task): [int(n), int(c)] for task, (n, c) in local.items()}
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return merged
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, merged)
+    out: dict[str, list[int]] = {}
+    for share in gathered:
+        for task, (n, c) in share.items():
+            entry = out.setdefault(task, [0, 0])
+            entry[0] += n
+            entry[1] += c
+    return out
 
 
 def _rank_share(problems: list[dict], rank: int, world: int) -> list[dict]:

@@ -1,8 +1,8 @@
 """`ibft report RUN_DIR`: write the Pareto report of a search (finished, running or crashed).
 
 Writes RUN_DIR/report/index.html (one self-contained interactive page), pareto.png, summary.md and
-configs/<trial>.yaml (the exact `ibft train` config of each front trial, the baseline and the paper
-trial); prints where they are as JSON on stdout. Imports neither torch nor ray: it runs on a head node.
+configs/<trial>.yaml (the exact `ibft train` config of each front trial, the baseline, the paper trial and
+the space's preset trials); prints where they are as JSON on stdout. Imports neither torch nor ray: it runs on a head node.
 """
 from __future__ import annotations
 

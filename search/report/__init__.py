@@ -2,6 +2,7 @@
 
 load.py reads the run (space copy, trials.csv, Ray's per-trial results, the Optuna study) into plain
 records; analysis.py derives the front, hypervolume progress, early-stopping savings and importances;
+uncertainty.py bootstraps intervals over tasks for the pass rates and paired differences from the baseline;
 figures.py, html.py, png.py and summary.py render them; reproduce.py writes each front trial's exact
 `ibft train` config. Nothing here imports torch or ray, so a report builds on a head node in seconds.
 """
@@ -27,7 +28,7 @@ def write_report(run_dir: Path | str, out_dir: Optional[Path | str] = None, *, p
     out = Path(out_dir) if out_dir is not None else run.run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     facts = analyse(run)
-    shown = [*facts.front, *(t for t in (facts.baseline, facts.paper) if t is not None)]
+    shown = [*facts.front, *facts.marked]
     reproductions = write_reproductions(run, shown, out)
     write_page(facts, reproductions, out / "index.html")
     write_summary(facts, reproductions, out / "summary.md")

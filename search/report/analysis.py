@@ -93,6 +93,21 @@ class Facts:
         """The trial with the paper's setting, if it was run."""
         return next((t for t in self.run.trials if t.role == "paper"), None)
 
+    @property
+    def presets(self) -> list[TrialRecord]:
+        """The trials of the space's own presets (role = the preset's name), in trial order."""
+        return [t for t in self.run.trials if is_named_preset(t)]
+
+    @property
+    def marked(self) -> list[TrialRecord]:
+        """The preset trials that ran: baseline, paper, then the space's presets."""
+        return [t for t in (self.baseline, self.paper, *self.presets) if t is not None]
+
+
+def is_named_preset(trial: TrialRecord) -> bool:
+    """A trial of one of the space's own presets (its role is the preset's name)."""
+    return trial.role not in ("baseline", "paper", "search")
+
 
 def analyse(run: RunData) -> Facts:
     """Derive every stated number of the report from the run."""

@@ -15,6 +15,8 @@ BASELINE_COLOR, PAPER_COLOR, FRONT_COLOR, OTHER_COLOR, STOPPED_COLOR = "#222222"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 LOSS_COMPONENTS = (("loss", "total loss"), ("ce_loss", "CE_ft"), ("kl_loss", "KL"), ("ib_ce_loss", "CE_ib"))
 TEMPLATE = "plotly_white"
+PRESET_COLORS = ("#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
+"""Marker colors of the space's own presets (squares), in trial order."""
 
 
 def trial_color(trial: TrialRecord, index: int) -> str:
@@ -27,8 +29,17 @@ def trial_color(trial: TrialRecord, index: int) -> str:
 
 
 def trial_name(trial: TrialRecord) -> str:
-    """Legend name: the trial label plus its role when it has a special one."""
-    return f"{trial.label} {trial.role}" if trial.role in ("baseline", "paper") else trial.label
+    """Legend name: the trial label plus its role when it has a special one (baseline, paper, a preset's name)."""
+    return f"{trial.label} {trial.role}" if trial.role != "search" else trial.label
+
+
+def marks(facts: Facts) -> list[tuple[TrialRecord, str, str, str]]:
+    """(trial, marker symbol, color, text position) of the preset trials that ran: the baseline (star), the
+    paper trial (diamond), the space's own presets (squares)."""
+    out = [(t, "star", BASELINE_COLOR, "top right") for t in [facts.baseline] if t is not None]
+    out += [(t, "diamond", PAPER_COLOR, "bottom right") for t in [facts.paper] if t is not None]
+    out += [(t, "square", PRESET_COLORS[i % len(PRESET_COLORS)], "middle right") for i, t in enumerate(facts.presets)]
+    return out
 
 
 def describe(trial: TrialRecord) -> str:
@@ -39,6 +50,7 @@ def describe(trial: TrialRecord) -> str:
         f"<b>{trial_name(trial)}</b> ({trial.state}{', rung ' + str(trial.last_rung) if trial.last_rung else ''})",
         f"alpha={_fmt(p.get('alpha'))} beta={_fmt(p.get('beta'))}",
         f"tap layer={p.get('tap_layer')} prior={p.get('prior')}" + (f" {options}" if options else ""),
+        f"KL={p.get('kl_reduction')} encoder input={p.get('encoder_input')}",
     ]
     return "<br>".join(parts)
 
@@ -49,7 +61,7 @@ def _fmt(value: Any) -> str:
 
 def pareto_figure(facts: Facts) -> go.Figure:
     """The front on the first two objectives (or the one objective against the trial number): completed trials,
-    dominated ones faded, stopped ones at their last rung, baseline and paper marked."""
+    dominated ones faded, stopped ones at their last rung, baseline, paper and the space's presets marked."""
     objectives = facts.run.objectives
     metrics = [o["metric"] for o in objectives]
     two = len(metrics) >= 2
@@ -84,13 +96,13 @@ def pareto_figure(facts: Facts) -> go.Figure:
             marker=dict(color=FRONT_COLOR, size=12, line=dict(width=1, color="white")),
             text=[describe(t) for t in front], hoverinfo="text+x+y",
         ))
-    for trial, symbol, color in ((facts.baseline, "star", BASELINE_COLOR), (facts.paper, "diamond", PAPER_COLOR)):
-        if trial is not None and _has_objectives(trial, metrics):
+    for trial, symbol, color, position in marks(facts):
+        if _has_objectives(trial, metrics):
             x, y = xy([trial])
             fig.add_trace(go.Scatter(
                 x=x, y=y, mode="markers+text", name=f"{trial.role} ({trial.label}, {trial.state.lower()})",
                 marker=dict(symbol=symbol, size=18, color=color, line=dict(width=1, color="white")),
-                text=[trial.role], textposition="top right" if trial.role == "baseline" else "bottom right", hovertext=[describe(trial)], hoverinfo="text+x+y",
+                text=[trial.role], textposition=position, hovertext=[describe(trial)], hoverinfo="text+x+y",
             ))
     title = "Pareto front of " + (" × ".join(metrics[:2]) if two else f"{metrics[0]} by trial")
     if len(metrics) > 2:
@@ -144,9 +156,10 @@ def _empty(fig: go.Figure, message: str) -> None:
 
 
 def generalisation_figure(facts: Facts) -> Optional[go.Figure]:
-    """Validation against test values of the front trials, baseline and paper: do validation gains hold?"""
+    """Validation against test values of the front trials, baseline, paper and the space's presets: do
+    validation gains hold?"""
     objectives = facts.run.objectives
-    shown = _unique([*facts.front, facts.baseline, facts.paper])
+    shown = _unique([*facts.front, *facts.marked])
     pairs = [(o, test_metric(o["metric"])) for o in objectives if test_metric(o["metric"]) != o["metric"]]
     if not any(p[1] in t.metrics for p in pairs for t in shown):
         return None
@@ -161,7 +174,7 @@ def generalisation_figure(facts: Facts) -> Optional[go.Figure]:
             fig.add_trace(go.Scatter(
                 x=[val], y=[test], mode="markers+text", text=[trial.label], textposition="top center",
                 marker=dict(size=13, color=trial_color(trial, index),
-                            symbol="star" if trial.role == "baseline" else "diamond" if trial.role == "paper" else "circle"),
+                            symbol={"baseline": "star", "paper": "diamond", "search": "circle"}.get(trial.role, "square")),
                 name=trial_name(trial), legendgroup=trial.label, showlegend=col == 1,
                 hovertext=[describe(trial) + f"<br>val {val:.4f} → test {test:.4f} (gap {test - val:+.4f})"],
                 hoverinfo="text",
@@ -204,7 +217,7 @@ def memorization_figure(facts: Facts) -> Optional[go.Figure]:
         return dict(x=[memorization_gap(t) for t in trials], y=[t.metrics[proxy] for t in trials],
                     hovertext=[hover(t) for t in trials], hoverinfo="text")
 
-    special = [t for t in (facts.baseline, facts.paper) if t is not None]
+    special = facts.marked
     on_front = [t for t in measured if any(t is f for f in facts.front) and not any(t is s for s in special)]
     others = [t for t in measured if not any(t is f for f in facts.front) and not any(t is s for s in special)]
     fig = go.Figure()
@@ -215,11 +228,11 @@ def memorization_figure(facts: Facts) -> Optional[go.Figure]:
         if trials:
             fig.add_trace(go.Scatter(mode="markers+text", name=name, marker=marker, text=[t.label for t in trials],
                                      textposition="top center", **points(trials)))
-    for trial, symbol, color in ((facts.baseline, "star", BASELINE_COLOR), (facts.paper, "diamond", PAPER_COLOR)):
-        if trial is not None and any(trial is t for t in measured):
+    for trial, symbol, color, position in marks(facts):
+        if any(trial is t for t in measured):
             fig.add_trace(go.Scatter(
                 mode="markers+text", name=f"{trial.role} ({trial.label})", text=[trial.role],
-                textposition="top right" if trial.role == "baseline" else "bottom right",
+                textposition=position,
                 marker=dict(symbol=symbol, size=18, color=color, line=dict(width=1, color="white")), **points([trial]),
             ))
     base_gaps = {round(t.metrics["memorization/gap_base"], 6) for t in measured if "memorization/gap_base" in t.metrics}

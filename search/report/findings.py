@@ -8,6 +8,16 @@ from typing import Any, Optional
 from search.report.analysis import MEMORIZATION_GAP, Facts, memorization_gap, test_metric
 from search.report.load import COMPLETE, ERROR, PRUNED, UNFINISHED, TrialRecord
 from search.report.reproduce import Reproduction
+from search.report.uncertainty import (
+    LEVEL,
+    RESAMPLES,
+    SEED,
+    Estimate,
+    Interval,
+    difference_estimate,
+    metric_estimate,
+    parse_pass_metric,
+)
 
 MEMORIZATION_MARK = "memoriz"
 """trials.csv columns whose name holds this are memorization-analysis results (lower gap = less memorization)."""
@@ -106,6 +116,8 @@ def glance(facts: Facts) -> list[tuple[str, str]]:
             out.append((name, "not run (yet)."))
         else:
             out.append((name, f"{trial.label}, {_standing(facts, trial)}: {_values(trial, metrics)}."))
+    for trial in facts.presets:  # the space's own presets, by name
+        out.append((f"Preset {trial.role}", f"{trial.label}, {_standing(facts, trial)}: {_values(trial, metrics)}."))
     out.append(("Gain over the baseline", _gain_statement(facts)))
     out.append(("Validation → test", _test_statement(facts)))
     memorization = _memorization_statement(facts)
@@ -122,16 +134,56 @@ def _gain_statement(facts: Facts) -> str:
     base = facts.baseline
     if base is None or base.state != COMPLETE:
         return "no completed baseline to compare with."
-    parts = []
+    parts, intervals = [], 0
     for o in facts.run.objectives:
         m = o["metric"]
         best = _best(facts.front, m, o["mode"])
         if best is None:
             continue
         delta = best.metrics[m] - base.metrics.get(m, math.nan)
+        gain = baseline_difference(best, base, m)
+        if gain.interval is None:
+            delta_text = f"({delta:+.4g}; no interval: {gain.missing or 'no per-task data'})"
+        else:
+            delta_text = f"({signed(delta)} {interval_text(gain.interval)}, {_verdict(gain.interval, o['mode'])})"
+            intervals += 1
         parts.append(f"{m}: best {fmt(best.metrics[m])} ({best.label}) vs baseline {fmt(base.metrics.get(m))} "
-                     f"({delta:+.4g})")
-    return "; ".join(parts) + "." if parts else "no front values."
+                     f"{delta_text}")
+    if not parts:
+        return "no front values."
+    method = f" ({LEVEL:.0%} intervals: paired bootstrap over tasks)" if intervals else ""
+    return "; ".join(parts) + method + "."
+
+
+def _verdict(interval: Interval, mode: str) -> str:
+    if not interval.excludes_zero:
+        return "interval includes 0: not a significant gain"
+    better = interval.low > 0 if mode == "max" else interval.high < 0
+    return "interval excludes 0: " + ("a significant gain" if better else "significantly worse than the baseline")
+
+
+def signed(value: float) -> str:
+    """A difference of pass rates: sign, three decimals, a true minus sign."""
+    return f"{value:+.3f}".replace("-", "−")
+
+
+def interval_text(interval: Interval, *, sign: bool = True) -> str:
+    """"[−0.050, +0.250]" (sign=False: "[0.200, 0.400]")."""
+    show = signed if sign else (lambda v: f"{v:.3f}")
+    return f"[{show(interval.low)}, {show(interval.high)}]"
+
+
+def trial_estimate(trial: TrialRecord, metric: str) -> Estimate:
+    """The trial's reported pass rate with its bootstrap interval over the split's tasks (or why none)."""
+    split = (parse_pass_metric(metric) or (None,))[0]
+    return metric_estimate(trial.task_counts.get(split or ""), metric, trial.metrics.get(metric))
+
+
+def baseline_difference(trial: TrialRecord, base: TrialRecord, metric: str) -> Estimate:
+    """trial − baseline on the metric, with the paired bootstrap interval over the tasks (or why none)."""
+    split = (parse_pass_metric(metric) or (None,))[0] or ""
+    return difference_estimate(trial.task_counts.get(split), trial.metrics.get(metric), base.task_counts.get(split),
+                               base.metrics.get(metric), metric)
 
 
 def _best(trials: list[TrialRecord], metric: str, mode: str) -> Optional[TrialRecord]:
@@ -151,7 +203,7 @@ def _memorization_statement(facts: Facts) -> Optional[str]:
     parts = []
     base = facts.baseline
     base_gap = memorization_gap(base) if base is not None else None
-    for trial, name in ((base, "baseline"), (facts.paper, "paper")):
+    for trial, name in ((base, "baseline"), (facts.paper, "paper"), *((t, t.role) for t in facts.presets)):
         gap = memorization_gap(trial) if trial is not None else None
         if gap is not None:
             change = f" ({gap - base_gap:+.4g} vs baseline)" if base_gap is not None and trial is not base else ""
@@ -209,12 +261,17 @@ def _savings_statement(facts: Facts) -> str:
     return text + "."
 
 
+PARAM_HEADERS = ["alpha", "beta", "tap layer", "prior", "KL / encoder input"]
+"""Headers of param_cells."""
+
+
 def param_cells(trial: TrialRecord) -> list[str]:
-    """alpha, beta, tap layer, prior (with options) as cells."""
+    """alpha, beta, tap layer, prior (with options), KL reduction / encoder input (e.g. "mean / raw") as cells."""
     p = trial.params
     options = p.get("prior_options") or {}
     prior = str(p.get("prior", "–")) + (f" {options}" if options else "")
-    return [fmt(p.get("alpha")), fmt(p.get("beta")), fmt(p.get("tap_layer")), prior]
+    semantics = f"{p.get('kl_reduction') or '–'} / {p.get('encoder_input') or '–'}"
+    return [fmt(p.get("alpha")), fmt(p.get("beta")), fmt(p.get("tap_layer")), prior, semantics]
 
 
 def memorization_columns(trials: list[TrialRecord], exclude: tuple[str, ...] = ()) -> list[str]:
@@ -231,10 +288,8 @@ def memorization_cell(trial: TrialRecord, column: str) -> str:
 
 
 def front_trials(facts: Facts) -> list[TrialRecord]:
-    """The front, then the baseline and paper trials when they are not on it."""
-    return list(facts.front) + [
-        t for t in (facts.baseline, facts.paper) if t is not None and not any(t is f for f in facts.front)
-    ]
+    """The front, then the baseline, paper and the space's preset trials when they are not on it."""
+    return list(facts.front) + [t for t in facts.marked if not any(t is f for f in facts.front)]
 
 
 def reproduce_text(trial: TrialRecord, reproductions: dict[str, Reproduction]) -> str:
@@ -247,13 +302,13 @@ def reproduce_text(trial: TrialRecord, reproductions: dict[str, Reproduction]) -
 
 def front_table(facts: Facts, reproductions: dict[str, Reproduction], *, commands: bool = True
                 ) -> tuple[list[str], list[list[str]]]:
-    """Front trials (then baseline and paper when not on it): parameters, val and test values, gain over the
+    """Front trials (then baseline, paper and presets when not on it): parameters, val and test values, gain over the
     baseline, memorization columns and (with commands) the command that reproduces each."""
     objectives = facts.run.objectives
     rows_trials = front_trials(facts)
     base = facts.baseline
     memo = memorization_columns(rows_trials, exclude=tuple(o["metric"] for o in objectives))
-    headers = ["trial", "role", "standing", "alpha", "beta", "tap layer", "prior"]
+    headers = ["trial", "role", "standing", *PARAM_HEADERS]
     for o in objectives:
         tested = test_metric(o["metric"]) != o["metric"]  # memorization objectives have no test counterpart
         headers += [o["metric"], *([test_metric(o["metric"])] if tested else []), f"Δ{o['metric']} vs baseline"]
@@ -279,7 +334,7 @@ def trials_table(facts: Facts) -> tuple[list[str], list[list[str]]]:
     """Every trial: state, rung, steps, parameters, objective values, memorization columns, error."""
     objectives = [o["metric"] for o in facts.run.objectives]
     memo = memorization_columns(facts.run.trials, exclude=tuple(objectives))
-    headers = ["trial", "tune id", "role", "state", "last rung", "steps", "alpha", "beta", "tap layer", "prior",
+    headers = ["trial", "tune id", "role", "state", "last rung", "steps", *PARAM_HEADERS,
                *objectives, *memo, "error"]
     rows = []
     for t in facts.run.trials:
@@ -287,3 +342,61 @@ def trials_table(facts: Facts) -> tuple[list[str], list[list[str]]]:
                      *[fmt(t.metrics.get(m)) for m in objectives], *[memorization_cell(t, k) for k in memo],
                      t.error or ""])
     return headers, rows
+
+
+UNCERTAINTY_HEADERS = ["trial", "role", "metric", "value", f"{LEVEL:.0%} CI", "Δ vs baseline",
+                       f"{LEVEL:.0%} CI of Δ (paired)", "Δ excludes 0"]
+
+
+def pass_metrics(trials: list[TrialRecord]) -> list[str]:
+    """Every val/ and test/ pass@k and pass@k(m) the trials report: validation first, then by k and m."""
+    found = {m: parse_pass_metric(m) for t in trials for m in t.metrics}
+    named = {m: p for m, p in found.items() if p is not None and p[0] in ("val", "test")}
+    return sorted(named, key=lambda m: (named[m][0] != "val", named[m][0], named[m][1], named[m][2]))
+
+
+def uncertainty_table(facts: Facts) -> tuple[list[str], list[list[str]]]:
+    """Front trials (then baseline, paper and presets when not on it), one row per reported pass rate: the
+    value with its bootstrap interval over tasks, and the difference from the baseline with its paired
+    interval and whether that interval excludes 0. Trials without per-task counts get the value and why not."""
+    trials = front_trials(facts)
+    base = facts.baseline
+    rows = []
+    for trial in trials:
+        for metric in pass_metrics([trial]):
+            own = trial_estimate(trial, metric)
+            ci = interval_text(own.interval, sign=False) if own.interval else (own.missing or "–")
+            if base is None:
+                delta = ["–", "no baseline trial", "–"]
+            elif trial is base:
+                delta = ["–", "(the baseline)", "–"]
+            else:
+                diff = baseline_difference(trial, base, metric)
+                if diff.value is None:
+                    delta = ["–", diff.missing or "–", "–"]
+                elif diff.interval is None:
+                    delta = [signed(diff.value), diff.missing or "–", "–"]
+                else:
+                    delta = [signed(diff.value), interval_text(diff.interval),
+                             "yes" if diff.interval.excludes_zero else "no"]
+            rows.append([trial.label, trial.role, metric, f"{own.value:.3f}", ci, *delta])
+    return list(UNCERTAINTY_HEADERS), rows
+
+
+def uncertainty_note(facts: Facts) -> str:
+    """How the intervals were computed, and what is missing when trials recorded no per-task counts."""
+    trials = front_trials(facts)
+    tasks = sorted({len(counts) for t in trials for counts in t.task_counts.values()})
+    text = (
+        f"Each pass rate is a mean over tasks of the unbiased pass@k(m) of that task's samples. {LEVEL:.0%} "
+        f"percentile intervals from {RESAMPLES} bootstrap resamples of the tasks (seed {SEED}); Δ vs baseline "
+        "resamples the same tasks for both trials (paired): an interval that includes 0 means the gain could be "
+        "down to which tasks happened to be drawn."
+    )
+    if tasks:
+        text += f" Tasks per split: {', '.join(map(str, tasks))} (one task moves a rate by up to 1/tasks)."
+    missing = [t.label for t in trials if not t.task_counts]
+    if missing:
+        text += (f" No per-task data for {', '.join(missing)} (task_counts.json missing from the checkpoint: a run "
+                 "made before trials recorded it): values only.")
+    return text

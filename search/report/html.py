@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from search.report import figures
-from search.report.analysis import Facts
+from search.report.analysis import Facts, is_named_preset
 from search.report.findings import (
     front_table,
     front_trials,
@@ -15,6 +15,8 @@ from search.report.findings import (
     reproduce_text,
     status_line,
     trials_table,
+    uncertainty_note,
+    uncertainty_table,
 )
 from search.report.reproduce import Reproduction
 
@@ -34,6 +36,7 @@ h1 { margin: 24px 0 4px; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd;
 table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: #f5f5f5; } tr.baseline td { background: #f3f3f3; } tr.paper td { background: #fdeeee; }
+tr.preset td { background: #eef6ee; }
 code { font-size: 12px; background: #f6f6f6; padding: 1px 4px; }
 .commands { padding-left: 1.2em; } .commands li { margin: 4px 0; } .commands code { word-break: break-all; }
 .plot { margin: 8px 0 20px; }
@@ -89,6 +92,7 @@ def render_page(facts: Facts, reproductions: dict[str, Reproduction]) -> str:
         "differs).</p>",
         _table(*front_table(facts, reproductions, commands=False), row_class=_role_classes(facts)),
         _commands(facts, reproductions),
+        *(_uncertainty(facts) if facts.front else []),
         "<h2>Validation vs test</h2>",
         plot("generalisation", "No front trial has test scores: the space scores no test split, or no trial has "
                                "completed."),
@@ -121,7 +125,19 @@ def _note(text: Optional[str]) -> str:
 
 
 def _role_classes(facts: Facts) -> list[str]:
-    return [t.role if t.role in ("baseline", "paper") else "" for t in front_trials(facts)]
+    return [t.role if t.role in ("baseline", "paper") else "preset" if is_named_preset(t) else ""
+            for t in front_trials(facts)]
+
+
+def _uncertainty(facts: Facts) -> list[str]:
+    """The front's pass rates with bootstrap intervals over tasks and paired differences from the baseline."""
+    headers, rows = uncertainty_table(facts)
+    classes = [row[1] if row[1] in ("baseline", "paper") else "" for row in rows]
+    return [
+        '<h2 id="uncertainty">Pass rates with 95% intervals</h2>',
+        f'<p class="note">{html.escape(uncertainty_note(facts))}</p>',
+        _table(headers, rows, row_class=classes),
+    ]
 
 
 def _commands(facts: Facts, reproductions: dict[str, Reproduction]) -> str:

@@ -7,7 +7,8 @@ Sources, joined on the Tune trial id and the Optuna trial number:
 - RUN_DIR/trials.csv: the search's own verdict per trial, written when `ibft tune` ends, plus any extra
   columns (memorization analysis).
 - RUN_DIR/optuna.db: the study, opened read-only so a search writing to it is never disturbed.
-- RUN_DIR/trials/<id>/: each rung checkpoint's train_config.json and the loop's per-step metrics.jsonl.
+- RUN_DIR/trials/<id>/: each rung checkpoint's train_config.json and task_counts.json (per-task pass counts) and
+  the loop's per-step metrics.jsonl.
 Every source may be missing, empty or half-written; what could not be read is listed in RunData.notes.
 """
 from __future__ import annotations
@@ -22,15 +23,20 @@ from typing import Any, Iterator, Optional
 
 from search.table_cells import parse_cell
 from trainables.errors import ConfigError
+from trainables.ib.config import LEGACY_SEMANTICS
 
 COMPLETE, PRUNED, ERROR, UNFINISHED = "COMPLETE", "PRUNED", "ERROR", "UNFINISHED"
 """Trial states as trials.csv writes them (UNFINISHED: running, pending, or left by an interrupted search)."""
-PARAM_NAMES = ("alpha", "beta", "tap_layer", "prior", "prior_options")
-"""The IB parameters a search draws per trial."""
+PARAM_NAMES = ("alpha", "beta", "tap_layer", "prior", "kl_reduction", "encoder_input", "prior_options")
+"""The IB parameters a search draws per trial (search.space.TRIAL_PARAMS, then prior_options). A run made before
+kl_reduction / encoder_input existed trained with trainables.ib.config.LEGACY_SEMANTICS; load_run fills them in."""
 TRAIN_CONFIG_FILE = "train_config.json"
 """Written by the training loop into every checkpoint: the TrainConfig that produced it."""
 STEP_METRICS_FILE = "metrics.jsonl"
 """Per-step training metrics the loop appends under its output_dir."""
+TASK_COUNTS_FILE = "task_counts.json"
+"""Written by the trainable into every rung checkpoint (trainables.tune_trainable.TASK_COUNTS_FILE): the rung's
+{"rung", "step", "val": {task_id: [n, c]}, "test": {...}}, what the report's bootstrap intervals resample."""
 METRIC_PREFIXES = ("val/", "test/", "memorization/")
 """Reported results the report reads as a trial's metrics (memorization/...: measured at a finished trial's
 last rung when the space enables it), from Ray's results, trials.csv and the study alike."""
@@ -49,9 +55,9 @@ class TrialRecord:
     number: Optional[int]
     """Optuna trial number (None when the study could not be read and the config lacks it)."""
     role: str = "search"
-    """"baseline" (alpha = 0), "paper" (the paper's setting) or "search"."""
+    """"baseline" (alpha = 0), "paper" (the paper's setting), a space preset's name, or "search"."""
     params: dict[str, Any] = field(default_factory=dict)
-    """alpha, beta, tap_layer, prior, prior_options."""
+    """alpha, beta, tap_layer, prior, kl_reduction, encoder_input, prior_options."""
     state: str = UNFINISHED
     """COMPLETE, PRUNED (stopped by ASHA), ERROR or UNFINISHED."""
     last_rung: Optional[int] = None
@@ -74,6 +80,9 @@ class TrialRecord:
     """The exact TrainConfig it trained with (from a checkpoint), when one was written."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Other trials.csv columns (e.g. a memorization_gap column added after the search)."""
+    task_counts: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+    """Per-task sample counts behind the last reported rung's pass rates: split ("val", "test") -> task_id ->
+    (n, c). Empty when the trial's checkpoint has no TASK_COUNTS_FILE (a run made before trials wrote it)."""
 
     @property
     def label(self) -> str:
@@ -136,6 +145,7 @@ def load_run(run_dir: Path | str) -> RunData:
     trials = _join(ray_trials, csv_rows, study, objectives, space, notes)
     for trial in trials:
         _attach_trial_files(run_dir, trial)
+    _fill_ib_semantics(trials, run_dir, space, notes)
     training = (space or {}).get("training") or {}
     resources = (space or {}).get("resources") or {}
     data = RunData(
@@ -164,17 +174,45 @@ def load_run(run_dir: Path | str) -> RunData:
 
 def _read_space(run_dir: Path, notes: list[str]) -> Optional[dict[str, Any]]:
     """The run's space as validated data (defaults filled in), or None."""
-    from search.space import load_space
+    from search.space import load_space, with_run_ib_semantics
 
     path = run_dir / "space.yaml"
     if not path.is_file():
         notes.append("space.yaml is missing: budget and rung size unknown")
         return None
     try:
-        return load_space(path).model_dump(mode="json")
+        space = load_space(path)
     except ConfigError as e:
         notes.append(f"space.yaml does not validate ({e}); budget and rung size unknown")
         return None
+    try:  # the kl_reduction / encoder_input its trials trained with where the file leaves them out
+        with_run_ib_semantics(space, run_dir)
+    except ConfigError as e:
+        notes.append(str(e))
+    return space.model_dump(mode="json")
+
+
+def _fill_ib_semantics(trials: list[TrialRecord], run_dir: Path, space: Optional[dict], notes: list[str]) -> None:
+    """kl_reduction / encoder_input of trials whose sources lack them (a trials.csv, Ray config or study of a run
+    made before they existed; a study-only trial whose space fixed them): the trial's checkpointed train config
+    when there is one (a saved `ib` without a key predates it: LEGACY_SEMANTICS), else the run's value."""
+    from search.space import run_ib_semantics
+
+    params = (space or {}).get("params") or {}
+    fixed = {k: v for k, v in params.items() if k in LEGACY_SEMANTICS and isinstance(v, str)}
+    try:
+        run_values = {**run_ib_semantics(run_dir), **fixed}
+    except ConfigError as e:
+        if str(e) not in notes:
+            notes.append(str(e))
+        run_values = {**LEGACY_SEMANTICS, **fixed}
+    for trial in trials:
+        if not trial.params:
+            continue  # nothing known about the trial's parameters
+        saved_ib = (trial.train_config or {}).get("ib")
+        for name, legacy in LEGACY_SEMANTICS.items():
+            if trial.params.get(name) is None:
+                trial.params[name] = saved_ib.get(name, legacy) if isinstance(saved_ib, dict) else run_values[name]
 
 
 def _objectives(run_dir: Path, space: Optional[dict], notes: list[str]) -> list[dict[str, str]]:
@@ -443,7 +481,7 @@ def _apply_study(by_id: dict[str, TrialRecord], study: Any) -> None:
 
 def _params_from_attrs(frozen: Any) -> dict[str, Any]:
     params = dict(frozen.user_attrs.get("preset") or {})
-    for name in ("alpha", "beta", "tap_layer", "prior"):
+    for name in (n for n in PARAM_NAMES if n != "prior_options"):
         if name in frozen.params:
             params[name] = frozen.params[name]
     options = {k.split(".", 1)[1]: v for k, v in frozen.params.items() if "." in k}
@@ -476,6 +514,34 @@ def _attach_trial_files(run_dir: Path, trial: TrialRecord) -> None:
         recorded_log = Path(trial.train_config["output_dir"]) / STEP_METRICS_FILE
         log = recorded_log if recorded_log.is_file() else log
     trial.step_log = _read_step_log(log)
+    count_files = [path.parent / TASK_COUNTS_FILE for path in candidates]
+    count_files += sorted(trial_root.glob(f"checkpoint_*/{TASK_COUNTS_FILE}"), key=_mtime, reverse=True)
+    trial.task_counts = _read_task_counts(count_files, trial.steps)
+
+
+def _read_task_counts(paths: list[Path], steps: int) -> dict[str, dict[str, tuple[int, int]]]:
+    """split -> task_id -> (n, c) from the first readable counts file of the rung the trial last reported (its
+    step equals `steps`; any step when that is unknown), keeping only well-formed splits; {} if there is none."""
+    for path in paths:
+        data = _read_json(path)
+        if not isinstance(data, dict) or (steps and data.get("step") != steps):
+            continue
+        out: dict[str, dict[str, tuple[int, int]]] = {}
+        for split, counts in data.items():
+            if not isinstance(counts, dict) or not counts:
+                continue
+            parsed = {}
+            for task, pair in counts.items():
+                if not (isinstance(pair, list) and len(pair) == 2 and all(type(v) is int for v in pair)):
+                    break
+                n, c = pair
+                if n < 1 or not 0 <= c <= n:
+                    break
+                parsed[str(task)] = (n, c)
+            else:
+                out[split] = parsed
+        return out
+    return {}
 
 
 def _read_step_log(path: Path) -> list[dict[str, float]]:

@@ -4,7 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from search.report.analysis import Facts
-from search.report.findings import front_table, glance, no_completed_banner, status_line, trials_table
+from search.report.findings import (
+    front_table,
+    glance,
+    no_completed_banner,
+    status_line,
+    trials_table,
+    uncertainty_note,
+    uncertainty_table,
+)
 from search.report.reproduce import Reproduction
 
 
@@ -16,6 +24,9 @@ def render_summary(facts: Facts, reproductions: dict[str, Reproduction]) -> str:
         lines += [f"> **{banner}**", ""]
     lines += ["## At a glance", ""] + [f"- **{k}**: {v}" for k, v in glance(facts)] + [""]
     lines += ["## Front configurations", "", _markdown_table(*front_table(facts, reproductions), code_last=True), ""]
+    if facts.front:
+        lines += ["## Pass rates with 95% intervals (bootstrap over tasks)", "", uncertainty_note(facts), "",
+                  _markdown_table(*uncertainty_table(facts)), ""]
     if facts.importances:
         lines += ["## Parameter importances (Optuna)", ""]
         for metric, scores in facts.importances.items():
