@@ -174,13 +174,22 @@ def load_curves(path: Path, *, presets: bool = True) -> Curves:
     if not configs:
         raise ValueError(f"{path}: no configuration with all {num_rungs} rungs recorded")
     searched = [c for c in configs if "search" in c.roles] or configs
-    if not presets and searched is not configs:
+    names = [n for n in PARAM_NAMES if len({json.dumps(c.params[n]) for c in searched}) > 1]
+    domains = {n: _sort_values(list({json.dumps(c.params[n]): c.params[n] for c in searched}.values())) for n in names}
+    fixed = {n: searched[0].params[n] for n in PARAM_NAMES if n not in names}
+    # A preset whose parameters are a grid point is that grid point's recording too: the search's own proposal
+    # of it was answered from the preset's run (whether a "search" trial also ran it depends on timing).
+    searched += [
+        c for c in configs
+        if c not in searched
+        and all(c.params[n] in domains[n] for n in names)
+        and all(c.params[n] == v for n, v in fixed.items())
+    ]
+    if not presets and len(searched) < len(configs):
         for c in configs:
             if c not in searched:
                 notes.append(f"{'/'.join(c.roles)} configuration left out (no presets)")
         configs = searched
-    names = [n for n in PARAM_NAMES if len({json.dumps(c.params[n]) for c in searched}) > 1]
-    domains = {n: _sort_values(list({json.dumps(c.params[n]): c.params[n] for c in searched}.values())) for n in names}
     curves = Curves(
         path=Path(path),
         space=str(doc.get("space")),
