@@ -101,6 +101,22 @@ def test_reproduce_config_is_the_trials_exact_train_config(finished_run, finishe
     assert json.loads(json.dumps(rebuilt)) == expected  # JSON turns the config's tuples into lists
 
 
+def test_reproducing_a_trial_trained_before_the_loss_options_keeps_its_old_loss(tmp_path):
+    """A checkpointed train config without ib.kl_reduction / ib.encoder_input (written before they existed) is
+    reproduced with the semantics it trained with (sum over dims, RMS-normalised input), not today's defaults."""
+    from trainables.commands.train import build_config
+
+    run_dir = fixture.write_run(tmp_path)
+    for path in run_dir.glob("trials/*/**/train_config.json"):
+        config = json.loads(path.read_text())
+        for key in ("kl_reduction", "encoder_input"):
+            config["ib"].pop(key, None)
+        path.write_text(json.dumps(config))
+    result = write_report(run_dir, png=False)
+    rebuilt = build_config(result["configs"]["#2"])
+    assert (rebuilt.ib.kl_reduction, rebuilt.ib.encoder_input) == ("sum", "rms_norm")
+
+
 def test_running_search_without_tables(tmp_path):
     run_dir = fixture.write_run(tmp_path, finished=False, only=[0, 1, 2, 3, 4])
     run = load_run(run_dir)
