@@ -49,8 +49,11 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 def run_smoke_search(tmp: Path) -> dict:
-    """The shared smoke search of the suite: 5 trials, one forced to NaN; what it printed and where it wrote."""
-    space = smoke_space_file(tmp, num_samples=5, faults={"nan_at_step": 1, "trials": [NAN_TRIAL]})
+    """The shared smoke search of the suite: 5 trials, one forced to NaN, W&B offline (as `make demo` and the GPU
+    spaces log); what it printed and where it wrote."""
+    space = smoke_space_file(
+        tmp, num_samples=5, faults={"nan_at_step": 1, "trials": [NAN_TRIAL]}, wandb={"mode": "offline"}
+    )
     proc = start_tune([str(space), "--name", "smoke", "--storage-path", str(tmp / "runs")])
     code, out, err = finish_tune(proc, timeout=1500)
     return {"code": code, "out": out, "err": err, "run_dir": tmp / "runs" / "smoke"}

@@ -82,3 +82,41 @@ def test_testbench_without_a_report_line_is_a_clear_error():
                "entry_point": "TopModule", "language": "verilog"}
     with pytest.raises(ConfigError, match="Mismatches"):
         check_samples({"x": problem}, [{"task_id": "x", "completion": "assign y = a;\nendmodule\n"}])
+
+
+def test_a_design_that_finishes_at_time_zero_never_passes_a_testbench_reporting_in_a_final_block():
+    # VerilogEval v2's testbenches print their report from a `final` block, which runs on any $finish: a design
+    # that ends the simulation at time 0 gets "Mismatches: 0 in 0 samples", which must not count as a pass.
+    test = (
+        "`timescale 1ns/1ps\n"
+        "module tb;\n"
+        "  reg a, b;\n"
+        "  wire y_ref, y_dut;\n"
+        "  RefModule ref_i (.a(a), .b(b), .y(y_ref));\n"
+        "  TopModule dut_i (.a(a), .b(b), .y(y_dut));\n"
+        "  integer errors = 0;\n"
+        "  integer samples = 0;\n"
+        "  integer i;\n"
+        "  initial begin\n"
+        "    for (i = 0; i < 64; i = i + 1) begin\n"
+        "      {a, b} = $random;\n"
+        "      #1;\n"
+        "      samples = samples + 1;\n"
+        "      if (y_ref !== y_dut) errors = errors + 1;\n"
+        "    end\n"
+        "    $finish;\n"
+        "  end\n"
+        "  final $display(\"Mismatches: %0d in %0d samples\", errors, samples);\n"
+        "endmodule\n\n"
+        "module RefModule (input a, input b, output y);\n  assign y = a & b;\nendmodule\n"
+    )
+    problem = {"task_id": "final_report/and", "language": "verilog", "entry_point": "TopModule", "test": test,
+               "prompt": "module TopModule (\n  input a,\n  input b,\n  output y\n);\n"}
+    samples = [
+        {"task_id": "final_report/and", "completion": "  assign y = a & b;\nendmodule\n"},
+        {"task_id": "final_report/and", "completion": "  assign y = a & b;\n  initial $finish;\nendmodule\n"},
+    ]
+    right, early = check_samples({"final_report/and": problem}, samples, timeout=5.0)
+    assert right["passed"], right["result"]  # the final-block report itself is read
+    assert not early["passed"] and early["outcome"] == "failed", early
+    assert early["result"] == "failed: 0 mismatches in 0 samples"

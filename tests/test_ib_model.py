@@ -94,6 +94,36 @@ def test_tap_layer_reads_exactly_hf_hidden_states(tap_layer, index, wrap_in_peft
     torch.testing.assert_close(model._tap.take(), reference[index], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("kl_reduction", ["mean", "sum"])
+def test_loss_is_ce_plus_alpha_times_kl_plus_beta_times_ib_ce(kl_reduction):
+    """loss == CE_ft + alpha * (KL + beta * CE_ib) from the returned parts; the head's weights (and so every
+    part) are the same for each (alpha, beta), and "mean" is the "sum" KL over d."""
+    torch.manual_seed(0)
+    base = tiny_lora()
+    batch = _batch()
+    plain_ce = _losses(IBModel(base, IBConfig(alpha=0.0)), batch)["loss"]
+    head_state = IBModel(base, IBConfig(alpha=0.1, tap_layer=2, bottleneck_dim=16)).ib_head.state_dict()
+    parts = {}
+    for alpha, beta in [(0.01, 0.02), (0.1, 0.0), (0.2, 0.01), (0.5, 0.5), (3.0, 2.0)]:
+        config = IBConfig(alpha=alpha, beta=beta, tap_layer=2, bottleneck_dim=16, kl_reduction=kl_reduction)
+        model = IBModel(base, config)
+        model.ib_head.load_state_dict(head_state)
+        out = _losses(model.eval(), batch)
+        assert out["kl_loss"] > 0 and out["ib_ce_loss"] > 0
+        expected = out["ce_loss"] + alpha * (out["kl_loss"] + beta * out["ib_ce_loss"])
+        torch.testing.assert_close(out["loss"], expected, rtol=1e-6, atol=0)
+        parts[(alpha, beta)] = out
+    for out in parts.values():  # alpha and beta weigh the parts, never change them
+        for key in ("ce_loss", "kl_loss", "ib_ce_loss"):
+            torch.testing.assert_close(out[key], parts[(0.01, 0.02)][key], rtol=1e-6, atol=0)
+        torch.testing.assert_close(out["ce_loss"], plain_ce, rtol=1e-6, atol=0)
+    summed = IBModel(base, IBConfig(alpha=0.1, tap_layer=2, bottleneck_dim=16, kl_reduction="sum"))
+    summed.ib_head.load_state_dict(head_state)
+    scale = 16 if kl_reduction == "mean" else 1
+    torch.testing.assert_close(parts[(0.01, 0.02)]["kl_loss"] * scale, _losses(summed.eval(), batch)["kl_loss"],
+                               rtol=1e-5, atol=0)
+
+
 def test_forward_never_asks_for_all_hidden_states():
     base = tiny_lora()
     model = IBModel(base, IBConfig(alpha=0.1, tap_layer=1)).eval()

@@ -132,3 +132,25 @@ def test_unknown_prior_lists_the_valid_ones():
     assert str(info.value) == (
         "ib.prior 'laplace' is unknown; valid priors: standard_normal, learnable_gaussian, mog, vamp"
     )
+
+
+def test_vamp_kl_matches_monte_carlo_against_the_uniform_mixture_of_encoded_pseudo_inputs():
+    torch.manual_seed(2)
+    head = IBHead(HIDDEN, IBConfig(prior="vamp", bottleneck_dim=DIM, prior_options={"components": 3, "samples": 20000}))
+    prior = head.prior
+    # The components q(z | u_k), written out from the encoder's weights (not through IBHead.encode): raw input,
+    # mu and log sigma^2 the two halves of one linear map, log sigma^2 clamped like every posterior.
+    with torch.no_grad():
+        out = torch.nn.functional.linear(prior.pseudo_inputs, head.encoder.weight, head.encoder.bias)
+        means, logvars = out[:, :DIM], out[:, DIM:].clamp(head.logvar_min, head.logvar_max)
+    assert means.std(0).mean() > 0.1  # distinct components, so the mixture is no single Gaussian
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(probs=torch.full((3,), 1.0 / 3)),
+        torch.distributions.Independent(torch.distributions.Normal(means, (0.5 * logvars).exp()), 1),
+    )
+    mu, logvar = _posterior(n=4)
+    estimate = _monte_carlo_kl(mu, logvar, mixture.log_prob)
+    exact = prior.kl(mu, logvar).detach()
+    assert exact.shape == (4,)
+    # A sign error or the weights at +log K (KL off by 2 log 3 = 2.2 nats) lie far outside this tolerance.
+    torch.testing.assert_close(exact, estimate, rtol=0.05, atol=0.1)

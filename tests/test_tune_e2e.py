@@ -1,8 +1,8 @@
 """End to end on a real local Ray cluster: the smoke space searched with Ray Train + Tune + Optuna + ASHA.
 
 One search (the session fixture `smoke_run` of conftest.py, shared with the report's browser test) answers
-most questions; it includes a trial forced to a NaN loss. A second search is SIGKILLed mid-way and resumed; a third is
-stopped with Ctrl-C (SIGINT) and resumed. Each takes a few minutes on 2 CPU cores.
+most questions; it includes a trial forced to a NaN loss and logs to W&B offline. A second search is SIGKILLed
+mid-way and resumed; a third is stopped with Ctrl-C (SIGINT) and resumed. Each takes a few minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -40,6 +40,55 @@ def test_search_finishes_and_prints_the_front(smoke_run):
     assert "Failed to query Ray Train Controller" not in smoke_run["err"]
     for name in ("optuna.db", "trials.csv", "pareto.json", "tune", "space.yaml"):
         assert (smoke_run["run_dir"] / name).exists(), name
+
+
+def test_wandb_offline_writes_one_run_per_trial_grouped_by_the_search(smoke_run):
+    rows = read_trials_csv(smoke_run["run_dir"] / "trials.csv")
+    files = sorted((smoke_run["run_dir"] / "wandb").rglob("offline-run-*/run-*.wandb"))
+    runs = {}
+    for path in files:
+        records = _wandb_records(path)
+        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        assert path.name == f"run-{run.run_id}.wandb"
+        history = {tuple(i.nested_key) or (i.key,) for r in records if r.WhichOneof("record_type") == "history"
+                   for i in r.history.item}
+        ended = any(r.WhichOneof("record_type") == "exit" for r in records)
+        runs[run.run_id] = (run.run_group, run.project, history, ended)
+    assert len(runs) == len(files) == len(rows)  # one W&B run per trial, none twice
+    assert set(runs) == {r["trial_id"] for r in rows}
+    assert {(group, project) for group, project, _, _ in runs.values()} == {("smoke", "ibft-search")}
+    assert all(ended for *_, ended in runs.values())  # every run was closed, the errored trial's too
+    for row in rows:
+        if row["state"] in ("COMPLETE", "PRUNED"):  # reported at least one rung: its metrics are in the run
+            assert {("val/pass@2(2)",), ("train/kl_loss",)} <= runs[row["trial_id"]][2], row["trial_id"]
+
+
+def _wandb_records(path: Path) -> list:
+    """The protobuf records of an offline W&B run file: a 7-byte W&B header, then LevelDB's log format (32 KiB
+    blocks of chunks, each a 7-byte header: crc32, little-endian length, type FULL=1 FIRST=2 MIDDLE=3 LAST=4)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", path
+    records, pending, pos, block = [], b"", 7, 32768
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:  # zero padding up to the end of the block
+            pos += block - pos % block
+            continue
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
 
 
 def test_optuna_study_holds_presets_pruned_failed_and_complete_trials(smoke_run):
