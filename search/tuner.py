@@ -91,6 +91,30 @@ def _connect(address: Optional[str]) -> None:
         log_to_driver=True,
         logging_level="WARNING",
     )
+    _stop_on_sigterm_like_ctrl_c()
+
+
+def _stop_on_sigterm_like_ctrl_c() -> None:
+    """Make SIGTERM (`ray job stop`, plain `kill`) stop the search the way Ctrl-C does.
+
+    ray.init makes SIGTERM a bare sys.exit(15): no tables, no "continue with" line. Instead, run whatever
+    handles SIGINT at that moment: during Tuner.fit that is Tune's handler (it stops the trials and saves the
+    experiment state, and the tables follow), elsewhere Python's, which raises KeyboardInterrupt. The handler is
+    called rather than SIGINT re-sent, because a driver started by `ray job submit` has SIGINT blocked.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def like_ctrl_c(signum, frame):
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):  # SIG_IGN or SIG_DFL: stop anyway, as Python's own handler does
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+
+    signal.signal(signal.SIGTERM, like_ctrl_c)
 
 
 def tpe_sampler(seed: int, startup_trials: Optional[int] = None) -> optuna.samplers.TPESampler:

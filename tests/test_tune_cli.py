@@ -108,3 +108,26 @@ def test_resume_refuses_a_directory_that_is_not_a_run(work, capsys, layout):
         (run_dir / "tune").mkdir()
     line = _refused(["--resume", str(run_dir)], work, capsys)
     assert line == f"ibft tune: error: --resume {run_dir}: not a search run directory (no space.yaml and tune/)"
+
+
+def test_sigterm_runs_whatever_handles_ctrl_c():
+    """After ray.init, SIGTERM (`ray job stop`, `kill`) calls the SIGINT handler of the moment (Tune's during a fit),
+    or raises KeyboardInterrupt; tests/test_tune_e2e.py stops a real search this way."""
+    import os
+    import signal
+
+    from search.tuner import _stop_on_sigterm_like_ctrl_c
+
+    saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    seen = []
+    try:
+        signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+        _stop_on_sigterm_like_ctrl_c()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == [signal.SIGINT]
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, saved[0])
+        signal.signal(signal.SIGINT, saved[1])

@@ -2,7 +2,8 @@
 
 One search (the session fixture `smoke_run` of conftest.py, shared with the report's browser test) answers
 most questions; it includes a trial forced to a NaN loss and logs to W&B offline. A second search is SIGKILLed
-mid-way and resumed; a third is stopped with Ctrl-C (SIGINT) and resumed. Each takes a few minutes on 2 CPU cores.
+mid-way and resumed; a third is stopped with Ctrl-C (SIGINT) and resumed, a fourth likewise with SIGTERM (`ray job
+stop`). Each takes a few minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -202,35 +203,49 @@ def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path):
 def test_ctrl_c_lists_cut_off_trials_as_unfinished_and_resume_finishes_them(tmp_path):
     """Ctrl-C stops the running trials and Tune marks them TERMINATED, like the ones ASHA stopped; the tables
     must still say they were cut off (not pruned), and --resume must finish them. Seen on a GPU search."""
+    _interrupt_then_resume(tmp_path, signal.SIGINT, "ctrlc")
+
+
+def test_sigterm_stops_like_ctrl_c_and_resume_finishes_it(tmp_path):
+    """`ray job stop` and plain `kill` send SIGTERM, which ray.init alone turns into a bare exit 15 (no tables,
+    no "continue with" line): the search must stop as on Ctrl-C."""
+    _interrupt_then_resume(tmp_path, signal.SIGTERM, "sigterm")
+
+
+def _interrupt_then_resume(tmp_path: Path, sig: signal.Signals, name: str) -> None:
     space = smoke_space_file(tmp_path, num_samples=4)
-    run_dir = tmp_path / "runs" / "ctrlc"
+    run_dir = tmp_path / "runs" / name
     log = (tmp_path / "stderr.log").open("w")  # a file, not a pipe nobody reads while the search runs
-    proc = start_tune([str(space), "--name", "ctrlc", "--storage-path", str(tmp_path / "runs")], stderr=log)
+    proc = start_tune([str(space), "--name", name, "--storage-path", str(tmp_path / "runs")], stderr=log)
     deadline = time.time() + 900
     try:
-        while time.time() < deadline and proc.poll() is None and not _one_ended_one_running(run_dir, "ctrlc"):
+        while time.time() < deadline and proc.poll() is None and not _one_ended_one_running(run_dir, name):
             time.sleep(2)
         if proc.poll() is not None:
             pytest.fail(f"the search ended (exit {proc.returncode}) before it could be interrupted:\n{log_text(tmp_path)}")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, _ = proc.communicate(timeout=300)
     finally:
         kill_group(proc)
         log.close()
     err = (tmp_path / "stderr.log").read_text()
     assert proc.returncode == 130, err[-3000:]
+    assert f"continue with: ibft tune --resume {run_dir}" in err
     assert json.loads(out.strip().splitlines()[-1])["interrupted"] is True
-    cut_off = {t.user_attrs["ray_trial_id"] for t in _study(run_dir, "ctrlc").get_trials(states=(TrialState.RUNNING,))}
+    cut_off = {t.user_attrs["ray_trial_id"] for t in _study(run_dir, name).get_trials(states=(TrialState.RUNNING,))}
     rows = {r["trial_id"]: r for r in read_trials_csv(run_dir / "trials.csv")}
     assert cut_off and cut_off <= set(rows)
     assert all(rows[t]["state"] == "UNFINISHED" for t in cut_off), rows
     assert all(r["state"] != "UNFINISHED" for t, r in rows.items() if t not in cut_off)
+    ended = {t.number: (t.state, t.values) for t in _study(run_dir, name).get_trials() if t.state.is_finished()}
 
     code, out, err = finish_tune(start_tune(["--resume", str(run_dir)]), timeout=1500)
     assert code == 0, err[-3000:]
     rows = {r["trial_id"]: r for r in read_trials_csv(run_dir / "trials.csv")}
     assert cut_off <= set(rows) and all(r["state"] in ("COMPLETE", "PRUNED", "ERROR") for r in rows.values()), rows
-    assert all(t.state.is_finished() for t in _study(run_dir, "ctrlc").get_trials())
+    trials = _study(run_dir, name).get_trials()
+    assert all(t.state.is_finished() for t in trials)
+    assert {t.number: (t.state, t.values) for t in trials if t.number in ended} == ended  # nothing lost or redone
 
 
 def log_text(tmp_path: Path) -> str:

@@ -2,7 +2,8 @@
 
 The space file is validated before Ray starts (a bad file costs no cluster time). Ray's trial table and one
 line per ASHA decision go to stderr; at the end the Pareto front is printed as a table on stderr and the
-run's JSON summary on stdout. Ctrl-C stops cleanly: the run can be continued with --resume RUN_DIR.
+run's JSON summary on stdout. Ctrl-C, or SIGTERM (`ray job stop`, `kill`), stops cleanly: the run can be continued
+with --resume RUN_DIR.
 """
 from __future__ import annotations
 

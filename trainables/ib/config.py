@@ -125,11 +125,9 @@ class IBConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "IBConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"ib: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
-        return cls(**data)
+        from trainables.config_utils import from_mapping  # every value type-checked, errors name the field
+
+        return from_mapping(cls, data, "ib")
 
     @classmethod
     def from_saved(cls, data: dict[str, Any]) -> "IBConfig":

@@ -56,6 +56,8 @@ class LoraSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.r, int) or self.r < 1:
             raise ConfigError(f"lora.r must be a positive int, got {self.r!r}")
+        if not self.alpha > 0:
+            raise ConfigError(f"lora.alpha must be > 0, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"lora.dropout must lie in [0, 1), got {self.dropout!r}")
         if not self.target_modules:
@@ -143,6 +145,12 @@ class OptimConfig:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr!r}")
         if self.max_grad_norm < 0:
             raise ConfigError(f"optim.max_grad_norm must be >= 0, got {self.max_grad_norm!r}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optim.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)!r}")
 
 
 @dataclass
@@ -213,6 +221,8 @@ class TrainConfig:
             raise ConfigError(f"log_every must be >= 1, got {self.log_every!r}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every!r}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
