@@ -21,14 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from search.space import TRIAL_PARAMS
 from search.table_cells import parse_cell
 from trainables.errors import ConfigError
 from trainables.ib.config import LEGACY_SEMANTICS
 
 COMPLETE, PRUNED, ERROR, UNFINISHED = "COMPLETE", "PRUNED", "ERROR", "UNFINISHED"
 """Trial states as trials.csv writes them (UNFINISHED: running, pending, or left by an interrupted search)."""
-PARAM_NAMES = ("alpha", "beta", "tap_layer", "prior", "kl_reduction", "encoder_input", "prior_options")
-"""The IB parameters a search draws per trial (search.space.TRIAL_PARAMS, then prior_options). A run made before
+PARAM_NAMES = (*TRIAL_PARAMS, "prior_options")
+"""The IB parameters a search draws per trial (the columns trials.csv writes, search.results.PARAM_COLUMNS). A run made before
 kl_reduction / encoder_input existed trained with trainables.ib.config.LEGACY_SEMANTICS; load_run fills them in."""
 TRAIN_CONFIG_FILE = "train_config.json"
 """Written by the training loop into every checkpoint: the TrainConfig that produced it."""
@@ -481,7 +482,7 @@ def _apply_study(by_id: dict[str, TrialRecord], study: Any) -> None:
 
 def _params_from_attrs(frozen: Any) -> dict[str, Any]:
     params = dict(frozen.user_attrs.get("preset") or {})
-    for name in (n for n in PARAM_NAMES if n != "prior_options"):
+    for name in TRIAL_PARAMS:
         if name in frozen.params:
             params[name] = frozen.params[name]
     options = {k.split(".", 1)[1]: v for k, v in frozen.params.items() if "." in k}
