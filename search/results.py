@@ -15,7 +15,7 @@ from search.optuna_bridge import COMPLETE, FAIL, OPTUNA_NUMBER_KEY, PRUNED, ROLE
 from search.pareto import non_dominated
 from search.space import TRIAL_PARAMS
 from trainables.ib.config import LEGACY_SEMANTICS
-from search.table_cells import parse_cell
+from search.table_cells import read_table
 
 TRIALS_CSV = "trials.csv"
 PARETO_JSON = "pareto.json"
@@ -82,19 +82,9 @@ def write_trials_csv(rows: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
-TEXT_COLUMNS = (
-    "trial_id", "role", "prior", "kl_reduction", "encoder_input", "prior_options", "state", "checkpoint_path", "error"
-)
-"""Columns read back as text even when they look like numbers (Tune trial ids can be all digits)."""
-
-
 def read_trials_csv(path: Path) -> list[dict[str, Any]]:
     """Rows of a trials.csv with numbers parsed back (empty cells become None)."""
-    with Path(path).open(newline="") as f:
-        return [
-            {k: (v or None) if k in TEXT_COLUMNS else parse_cell(v) for k, v in row.items()}
-            for row in csv.DictReader(f)
-        ]
+    return read_table(path)
 
 
 def pareto_front(rows: Iterable[dict[str, Any]], objectives: list[dict[str, str]]) -> list[dict[str, Any]]:

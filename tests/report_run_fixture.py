@@ -174,12 +174,13 @@ def _record_task_counts(result: dict[str, Any], number: int, checkpoint: Path) -
 
 def write_run(
     root: Path, *, finished: bool = True, only: Optional[list[int]] = None, memorization_objective: bool = False,
-    task_counts: bool = False,
+    task_counts: bool = False, trial_id_format: str = "{number:04d}abcd",
 ) -> Path:
     """Write the run directory root/fixture; finished=False leaves out trials.csv/pareto.json and the last
     trial's final rung (a running or crashed search); `only` keeps those trial numbers; memorization_objective
     makes memorization/gap (min) a third objective of the space and the study; task_counts gives every trial
-    that reported a rung a task_counts.json for its last rung (TASK_CORRECT) and pass rates computed from it."""
+    that reported a rung a task_counts.json for its last rung (TASK_CORRECT) and pass rates computed from it;
+    trial_id_format gives Tune's 8-hex trial ids (format fields: number)."""
     from search.results import trial_row, write_pareto_json, write_trials_csv
 
     objectives = OBJECTIVES + ([MEMORIZATION_OBJECTIVE] if memorization_objective else [])
@@ -202,7 +203,7 @@ def write_run(
     records, state_entries = [], []
     for number in numbers:
         spec = TRIALS[number]
-        trial_id = f"{number:04d}abcd"
+        trial_id = trial_id_format.format(number=number)
         # The baseline's alpha = 0 lies outside the searched range: the bridge records no parameters for it.
         searched = {} if spec["role"] == "baseline" else {k: distributions[k] for k in distributions}
         if searched:

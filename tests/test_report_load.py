@@ -52,6 +52,23 @@ def test_finished_run_joins_every_source(finished_run):
     assert run.study is not None and run.has_test and (run.rung_steps, run.max_steps) == (10, 30)
 
 
+@pytest.mark.parametrize("id_format", ["1234567{number}", "0000000{number}", "1e34567{number}"])
+def test_trial_ids_that_look_like_numbers_join_as_one_trial_each(tmp_path, id_format):
+    # Tune's trial ids are 8 random hex digits: about one search in ten draws an id that parses as an int or a
+    # float. trials.csv must read them back as text, or the report shows such a trial twice (a CI run did).
+    run = load_run(fixture.write_run(tmp_path, trial_id_format=id_format))
+    assert [t.number for t in run.trials] == list(range(7))
+    assert [t.trial_id for t in run.trials] == [id_format.format(number=n) for n in range(7)]
+    assert [t.label for t in analyse(run).front] == ["#1", "#2", "#3"]
+
+
+def test_table_cells_keep_digit_groups_and_ids_as_text():
+    from search.table_cells import parse_cell
+
+    assert [parse_cell(v) for v in ("3", "0.25", "1e-3", "", "mog")] == [3, 0.25, 0.001, None, "mog"]
+    assert parse_cell("12345_678") == "12345_678"  # int() would accept it as 12345678
+
+
 def test_facts_of_the_finished_run_by_hand(finished_run):
     facts = analyse(load_run(finished_run))
     assert [t.label for t in facts.front] == ["#1", "#2", "#3"]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from search.space import TRIAL_PARAMS
-from search.table_cells import parse_cell
+from search.table_cells import read_table
 from trainables.errors import ConfigError
 from trainables.ib.config import LEGACY_SEMANTICS
 
@@ -315,8 +315,7 @@ def _read_trials_csv(path: Path, notes: list[str]) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     try:
-        with path.open(newline="") as f:
-            return [{k: parse_cell(v) for k, v in row.items() if k} for row in csv.DictReader(f)]
+        return read_table(path)
     except (OSError, csv.Error, UnicodeDecodeError) as e:
         notes.append(f"trials.csv unreadable ({e})")
         return []
