@@ -84,6 +84,7 @@ CASES: dict[str, tuple[Any, Any]] = {
     "optim.batch_size": (True, 0),
     "optim.grad_accum": ("abc", 0),
     "optim.max_grad_norm": ("abc", -1.0),
+    "optim.gradient_checkpointing": ("yes", NOTHING),
     # DeepSpeedSettings
     "deepspeed.zero_stage": ("abc", 4),
     "deepspeed.offload_optimizer": ("abc", NOTHING),
@@ -152,6 +153,7 @@ def test_an_out_of_range_value_names_the_field(dotted):
         ("deepspeed", None),
         ("deepspeed", {"zero_stage": 3, "offload_params": True}),
         ("model.tiny_overrides", {"num_hidden_layers": 2}),
+        ("optim.gradient_checkpointing", True),
     ],
 )
 def test_well_typed_values_still_pass(dotted, value):

@@ -141,15 +141,36 @@ def _body_indent(prompt: str) -> str:
 def verilog_completion(prompt: str, answer: str, fence_open: bool = False) -> str:
     """The Verilog code in `answer` as a completion of a problem whose `prompt` ends in a module header.
 
-    An answer that declares a module is the whole design (the checker then ignores the prompt's
-    header); otherwise it is the module body, closed with `endmodule` if the answer did not.
+    Among fenced blocks, one that declares the prompt's module (e.g. `module top_module`) wins over the
+    longest (a chatty answer's testbench). Text after the last `endmodule` (prose) is cut off. Then:
+    - a whole design (it starts with a `module` declaration, or declares the prompt's module after helper
+      modules; verilog_check.is_whole_design) is kept from its first `module` on, with the compiler
+      directives and comments before it but not prose; the checker then ignores the prompt's header;
+    - anything else is the module body (continuing the header, perhaps followed by helper modules),
+      closed with `endmodule` if the answer did not close it.
     """
-    code = extract_code(answer, "verilog", fence_open=fence_open).strip("\n")
-    if re.search(r"^\s*module\s+\w+", code, re.MULTILINE):
-        return code + "\n"
-    if not re.search(r"\bendmodule\b", code):
+    from trainables.execution.verilog_check import header_module_name, is_whole_design
+
+    name = header_module_name(prompt)
+    code = extract_code(answer, "verilog", must_contain=f"module {name}" if name else None, fence_open=fence_open)
+    code = code.strip("\n")
+    ends = list(re.finditer(r"\bendmodule\b", code))
+    if ends:
+        code = code[: ends[-1].end()]
+    if is_whole_design(prompt, code):
+        return _from_first_module(code) + "\n"
+    if not ends:
         code += "\nendmodule"
     return code + "\n"
+
+
+def _from_first_module(code: str) -> str:
+    """`code` from its first `module` declaration, keeping only directives and comments before it."""
+    start = re.search(r"^[ \t]*module\s", code, re.MULTILINE)
+    if start is None or re.search(r"\bendmodule\b", code[: start.start()]):
+        return code
+    kept = [line for line in code[: start.start()].splitlines() if line.strip().startswith(("`", "//"))]
+    return "".join(line + "\n" for line in kept) + code[start.start() :]
 
 
 def make_completion(problem: dict, answer: str, fence_open: bool = False) -> str:

@@ -154,6 +154,32 @@ def apply_lora(model: "PreTrainedModel", lora: LoraSettings, seed: int) -> "peft
         return peft.get_peft_model(model, config)
 
 
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Turn on Hugging Face activation checkpointing (non-reentrant) for training `model`, peft-wrapped or not.
+
+    Each decoder block then keeps only its input and recomputes its activations in the backward pass.
+    Uses `activation_checkpointing_enable` where transformers has it (`gradient_checkpointing_enable` is its
+    deprecated alias there), else `gradient_checkpointing_enable`. The embedding output is made to require
+    grad (needed by reentrant checkpointing when the embeddings are frozen, as under LoRA; harmless otherwise),
+    and config.use_cache is turned off: a training forward must not build a KV cache. Generation is
+    unaffected: the blocks checkpoint only in train mode, and trainables.generation passes use_cache=True
+    and its own cache explicitly.
+    """
+    from trainables.ib.tap import unwrap_peft
+
+    base = unwrap_peft(model)
+    kwargs = {"use_reentrant": False}
+    enable = getattr(base, "activation_checkpointing_enable", None)
+    if callable(enable):
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    # transformers >= 4.35 already added this hook for an input_ids model; a second one would only duplicate it.
+    if not (getattr(base, "_require_grads_hooks", None) or getattr(base, "_require_grads_hook", None)):
+        base.enable_input_require_grads()
+    base.config.use_cache = False
+
+
 def _linear_module_names(model: Any) -> set[str]:
     import torch
 

@@ -48,6 +48,9 @@ TASK_COUNTS_FILE = "task_counts.json"
 """Written into each rung checkpoint: {"rung", "step", "val": {task_id: [n, c]}, "test": {...} (last rung only)},
 every rank's tasks merged, so `ibft report` can bootstrap intervals over tasks (search.report.load reads it)."""
 NONFINITE_MARKER = "nonfinite_loss.txt"
+STOPPED_MARKER = "stopped_by_asha.json"
+"""Written by the driver on --resume for every trial the study holds PRUNED (RUN_DIR/trials/<id>/), holding its
+last reported result: Tune's last snapshot may still hold it RUNNING, and its restart must not train."""
 
 
 class NonFiniteTrialError(RuntimeError):
@@ -87,6 +90,7 @@ def train_config_dict(setup: dict[str, Any], params: dict[str, Any], *, output_d
             "batch_size": training["batch_size"],
             "grad_accum": training["grad_accum"],
             "max_grad_norm": training["max_grad_norm"],
+            "gradient_checkpointing": training.get("gradient_checkpointing", False),
         },
         "deepspeed": (
             {
@@ -117,6 +121,12 @@ def run_trial(config: dict[str, Any]) -> None:
     marker = trials_root / trial_id / NONFINITE_MARKER
     if marker.is_file():
         raise NonFiniteTrialError(marker.read_text().strip())
+    stopped = trials_root / trial_id / STOPPED_MARKER
+    if stopped.is_file():
+        # ASHA stopped it before the driver was interrupted: it never trains again. Its last result goes to Tune
+        # once more (a trial that runs must report the search's metrics), and the scheduler answers STOP.
+        tune.report(json.loads(stopped.read_text()))
+        return
     params = trial_params(config)
     work_dir = trials_root / trial_id / "work"
     train_dict = train_config_dict(setup, params, output_dir=str(work_dir), optuna_trial=config.get("optuna_trial"))
@@ -138,9 +148,13 @@ def run_trial(config: dict[str, Any]) -> None:
             storage_path=str(trials_root),
             callbacks=[TuneReportCallback()],
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            # Retries belong to Tune's FailureConfig (one policy, one count); the Train run never retries itself.
-            failure_config=ray.train.FailureConfig(max_failures=0),
+            failure_config=train_failure_config(setup.get("failure") or {}),
         ),
+    )
+    started = trials_root / trial_id / WORKERS_STARTED_MARKER
+    started.unlink(missing_ok=True)  # a retried trial waits again
+    waiting = watch_resource_wait(
+        trial_id, started, resources, float((setup.get("failure") or {}).get("resource_wait_warn_s", RESOURCE_WAIT_WARN_S))
     )
     try:
         trainer.fit()
@@ -151,6 +165,72 @@ def run_trial(config: dict[str, Any]) -> None:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(reason + "\n")
         raise NonFiniteTrialError(reason) from None
+    finally:
+        waiting.set()
+
+
+RESOURCE_WAIT_WARN_S = 300.0
+"""failure.resource_wait_warn_s of a setup written before the field existed."""
+WORKERS_STARTED_MARKER = "workers_started"
+"""Written by rank 0 when the trial's Train workers run (RUN_DIR/trials/<id>/): the trial no longer waits."""
+
+
+def train_failure_config(failure: dict[str, Any]) -> "ray.train.FailureConfig":
+    """The Train run's retry limits, all explicit. Worker errors are retried by Tune (failure.max_failures, one
+    policy, one count), so the run itself retries none; preemptions and worker-group start-up failures
+    (controller failures) are retried up to failure.max_preemption_failures / controller_failure_limit, then
+    fail the run, and count as one of the trial's failures. Ray Train V2's defaults (-1) retry both without
+    limit and count neither."""
+    return ray.train.FailureConfig(
+        max_failures=0,
+        max_preemption_failures=int(failure.get("max_preemption_failures", 0)),
+        controller_failure_limit=int(failure.get("controller_failure_limit", 0)),
+    )
+
+
+def resource_wait_line(trial_id: str, waited_s: float, resources: dict[str, Any], free: Optional[dict[str, float]]) -> str:
+    """The line a trial logs while its workers wait for resources: what one trial needs, and what is free."""
+    per_worker = f"{resources['cpus_per_worker']} CPU"
+    if resources.get("gpus_per_worker"):
+        per_worker += f" + {resources['gpus_per_worker']} GPU"
+    line = (
+        f"trial {trial_id} has waited {waited_s:.0f} s for resources: {resources['workers']} worker(s) x "
+        f"({per_worker}) in one placement group"
+    )
+    if free is not None:
+        shown = ", ".join(f"{k} {v:g}" for k, v in sorted(free.items()) if k in ("CPU", "GPU"))
+        line += f"; free in the cluster now: {shown or 'no CPU, no GPU'}"
+    return line
+
+
+def _free_resources() -> Optional[dict[str, float]]:
+    try:
+        return dict(ray.available_resources()) if ray.is_initialized() else None
+    except Exception:  # the line is worth printing without it
+        return None
+
+
+def watch_resource_wait(
+    trial_id: str, started: Path, resources: dict[str, Any], every_s: float, echo=None
+) -> "threading.Event":
+    """Start a daemon thread that logs resource_wait_line every `every_s` seconds until `started` exists or the
+    returned event is set (the run ended)."""
+    import sys
+    import threading
+
+    done = threading.Event()
+    say = echo or (lambda line: print(line, file=sys.stderr, flush=True))
+
+    def watch() -> None:
+        waited = 0.0
+        while not done.wait(every_s):
+            waited += every_s
+            if started.exists():
+                return
+            say(resource_wait_line(trial_id, waited, resources, _free_resources()))
+
+    threading.Thread(target=watch, name=f"resource-wait-{trial_id}", daemon=True).start()
+    return done
 
 
 def _nonfinite_reason(text: str) -> Optional[str]:
@@ -171,6 +251,13 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 
     setup = loop_config["setup"]
     cfg = TrainConfig.from_dict(loop_config["train"])
+    if ray.train.get_context().get_world_rank() == 0:  # the workers run: the trial waits no more for resources
+        started = Path(setup["run_dir"]) / "trials" / ray.train.get_context().get_experiment_name() / WORKERS_STARTED_MARKER
+        try:
+            started.parent.mkdir(parents=True, exist_ok=True)
+            started.touch()
+        except OSError:
+            pass
     torch.set_num_threads(max(1, int(setup["resources"]["cpus_per_worker"])))
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint is not None else nullcontext(None) as resume_dir:
@@ -188,6 +275,19 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
             # Re-raised as a one-message error: Ray re-creates a worker's exception on the driver, and that
             # fails for NonFiniteLossError(step, components), which would lose the reason.
             raise NonFiniteTrialError(str(e)) from None
+
+
+def drop_local_copy(checkpoint_dir: str, rank: int) -> None:
+    """Store each rung checkpoint once: Ray's copy (RUN_DIR/trials/<id>/checkpoint_*, what a retried or resumed
+    trial continues from) is complete once every rank's report returned (uploads are synchronous), so the loop's
+    own copy under work/checkpoints/ goes. Every rank waits for the others first; rank 0 removes it."""
+    import shutil
+
+    from trainables.train import distributed
+
+    distributed.barrier()
+    if rank == 0:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
 def _finished_metrics(checkpoint_dir: Path, max_steps: int) -> Optional[dict]:
@@ -244,6 +344,8 @@ class _RungReporter:
         # Every rank reports (Train synchronises on it); one rank per node uploads that node's checkpoint files.
         ray.train.report(report, checkpoint=Checkpoint.from_directory(checkpoint_dir) if local_first else None)
         self.logs.clear()
+        if ray.is_initialized():
+            drop_local_copy(checkpoint_dir, self.rank)
         return None
 
     def _train_metrics(self) -> dict[str, float]:

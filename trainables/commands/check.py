@@ -1,6 +1,6 @@
 """`ibft check`: check existing samples (human-eval file formats) in the sandbox, print pass@k(m).
 
-Reads problems (JSONL[.gz], a VerilogEval folder, or the builtin names "humaneval" / "verilog")
+Reads problems (JSONL[.gz], a VerilogEval folder, or the builtin names "humaneval" / "verilogeval" / "verilog")
 and samples (JSONL[.gz] with task_id, completion), writes `SAMPLES_results.jsonl` (each sample plus
 passed, result, outcome) next to the samples like human-eval does, and prints the JSON summary.
 """
@@ -10,13 +10,19 @@ import argparse
 
 from trainables.cli_output import emit_result
 
+PYTHON_TIMEOUT = 3.0
+"""Default seconds per sample, human-eval's."""
+VERILOG_TIMEOUT = 30.0
+"""Default seconds per compile/simulate step when the problems are Verilog, VerilogEval's harness's."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--problems",
         default="humaneval",
         help="problems JSONL[.gz] (task_id, prompt, test, entry_point[, language]), a VerilogEval "
-        "folder, or a builtin set: 'humaneval' (default, from the human-eval package) or 'verilog'",
+        "folder, or a builtin set: 'humaneval' (default, from the human-eval package), 'verilogeval' (VerilogEval "
+        "v1 Human, all 156 problems) or 'verilog' (13 small problems)",
     )
     parser.add_argument("--samples", required=True, help="samples JSONL[.gz] with task_id and completion per line")
     parser.add_argument("--k", default="1,10", help="comma-separated k values for pass@k (default 1,10)")
@@ -24,7 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--m", default="", help="comma-separated m values: also report pass@k(m), at least m of k samples pass"
     )
     parser.add_argument("--workers", type=int, default=None, help="parallel sandboxed workers (default: CPU count)")
-    parser.add_argument("--timeout", type=float, default=3.0, help="wall-clock seconds per sample (default 3.0, as human-eval)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="wall-clock seconds per sample, per compile and per simulate step for Verilog (default 3.0 as "
+        "human-eval; 30 when any problem is Verilog, as VerilogEval's harness)",
+    )
     parser.add_argument("--memory-mb", type=int, default=2048, help="address-space limit per sample in MiB (default 2048)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
@@ -46,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     ms = parse_int_list(args.m, "--m")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers: {args.workers} is not allowed; give 1 or more")
-    if args.timeout <= 0:
+    if args.timeout is not None and args.timeout <= 0:
         raise ConfigError(f"--timeout: {args.timeout} is not allowed; give seconds > 0")
     if args.memory_mb < 64:
         raise ConfigError(f"--memory-mb: {args.memory_mb} is too small; give at least 64")
@@ -54,7 +66,12 @@ def run(args: argparse.Namespace) -> int:
     samples, malformed = load_samples(args.samples)
     for bad in malformed:
         print(f"ibft check: {args.samples}:{bad['line']}: skipped malformed sample: {bad['error']}", file=sys.stderr)
-    limits = SandboxLimits(timeout=args.timeout, memory_bytes=args.memory_mb << 20)
+    timeout = args.timeout
+    if timeout is None:
+        # VerilogEval's longest testbenches (conwaylife, lfsr32, count_clock) simulate for seconds, more on a busy CPU.
+        verilog = any(p.get("language") == "verilog" for p in problems.values())
+        timeout = VERILOG_TIMEOUT if verilog else PYTHON_TIMEOUT
+    limits = SandboxLimits(timeout=timeout, memory_bytes=args.memory_mb << 20)
     with Checker(workers=args.workers, limits=limits) as checker:
         results = checker.check(problems, samples, progress=not args.no_progress)
         isolation = checker.isolation

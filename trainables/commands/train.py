@@ -149,6 +149,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--resume-from", metavar="CHECKPOINT_DIR", help="continue from this step checkpoint")
     r.add_argument("--no-resume", action="store_true", help="start fresh even when output_dir holds checkpoints")
     r.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    r.add_argument(
+        "--skip-memory-check", action="store_true",
+        help="on a CUDA device, train even when the memory estimate says the run does not fit the GPU",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(args.config, flag_values, args.set_items)
     if args.no_resume:
         cfg.resume = False
+    check_memory(cfg, skip=args.skip_memory_check)
 
     from trainables.train.loop import NonFiniteLossError, TrainHooks, train
 
@@ -179,6 +184,62 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     emit_result(summary, indent=2)
     return 0
+
+
+def train_setup(cfg, world_size: int = 1, device: str = "cuda"):
+    """What trainables.memory_estimate needs to know of a TrainConfig (one rank of `world_size`; no decode)."""
+    from trainables.memory_estimate import TrainSetup
+
+    ds = cfg.deepspeed
+    return TrainSetup(
+        dtype=cfg.model.dtype,
+        batch_size=cfg.optim.batch_size,
+        max_length=cfg.data.max_length,
+        lora_r=cfg.lora.r,
+        lora_dropout=cfg.lora.dropout,
+        lora_targets=tuple(cfg.lora.target_modules),
+        ib_enabled=cfg.ib.alpha > 0,
+        bottleneck_dim=cfg.ib.bottleneck_dim,
+        ce_chunk_size=cfg.ib.ce_chunk_size,
+        ib_token_fraction=cfg.ib.ib_token_fraction,
+        gradient_checkpointing=bool(getattr(cfg.optim, "gradient_checkpointing", False)),
+        deepspeed=ds is not None,
+        zero_stage=ds.zero_stage if ds is not None else 2,
+        offload_optimizer=bool(ds and ds.offload_optimizer),
+        offload_params=bool(ds and ds.offload_params),
+        world_size=world_size,
+        device=device,
+    )
+
+
+def check_memory(cfg, skip: bool = False) -> None:
+    """On a CUDA device: print the per-GPU estimate against the device's memory (less ~0.6 GiB of CUDA context)
+    before the model loads, and refuse (one-line ConfigError) a run that cannot fit. Quiet on CPU."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    from trainables.memory_estimate import GIB, estimate, fixes, gib, model_shape
+
+    shape = model_shape(cfg.model.name_or_path, cfg.model.tiny_overrides)
+    if shape is None:
+        print(f"ibft train: memory estimate skipped: no config for {cfg.model.name_or_path!r} here", file=sys.stderr)
+        return
+    index = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+    capacity = round(torch.cuda.get_device_properties(index).total_memory / GIB - 0.6, 1)
+    setup = train_setup(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    result = estimate(shape, setup)
+    print("ibft train: " + result.table(capacity, f"cuda:{index}"), file=sys.stderr, flush=True)
+    if result.fits(capacity) or skip:
+        return
+    options = [f"{name.replace('training.', 'optim.')} ({gib(total)})" for name, total in fixes(shape, setup, capacity)]
+    fix = ("it fits with " + " or ".join(options)) if options else "no single change makes it fit"
+    raise ConfigError(
+        f"the run's peak is {gib(result.total)} per GPU, more than the {capacity:g} GiB of cuda:{index}: {fix} "
+        "(--skip-memory-check trains anyway)"
+    )
 
 
 def _progress_bar(total: int, disabled: bool):

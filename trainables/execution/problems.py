@@ -17,6 +17,7 @@ from trainables.errors import ConfigError
 
 HUMANEVAL = "humaneval"
 SHIPPED_VERILOG = "verilog"
+VERILOGEVAL = "verilogeval"
 LANGUAGES = ("python", "verilog")
 _PROBLEM_FIELDS = ("task_id", "prompt", "test", "entry_point")
 _VERILOG_PROBLEMS_FILE = os.path.join(os.path.dirname(__file__), "verilog_problems", "verilog_problems.jsonl")
@@ -30,10 +31,15 @@ def humaneval_path() -> str:
 
 
 def load_problems(source: str) -> dict[str, dict]:
-    """Problems by task id from a builtin name ("humaneval", "verilog"), a JSONL(.gz) file, or a
-    VerilogEval-format folder (ProbNNN_name_prompt.txt / _ref.sv / _test.sv)."""
+    """Problems by task id from a builtin name ("humaneval", "verilogeval": all 156 VerilogEval v1 Human
+    problems, "verilog": the 13 small shipped ones), a JSONL(.gz) file, or a VerilogEval v2 folder
+    (ProbNNN_name_prompt.txt / _ref.sv / _test.sv)."""
     if source == HUMANEVAL:
         return _load_problem_file(humaneval_path())
+    if source == VERILOGEVAL:
+        from trainables.benchmarks import load_verilogeval
+
+        return load_verilogeval()
     if source == SHIPPED_VERILOG:
         return _load_problem_file(_VERILOG_PROBLEMS_FILE)
     if os.path.isdir(source):
@@ -41,7 +47,7 @@ def load_problems(source: str) -> dict[str, dict]:
     if not os.path.isfile(source):
         raise ConfigError(
             f"--problems: {source!r} is neither a file, a VerilogEval folder, nor one of "
-            f"{HUMANEVAL!r}, {SHIPPED_VERILOG!r}"
+            f"{HUMANEVAL!r}, {VERILOGEVAL!r}, {SHIPPED_VERILOG!r}"
         )
     return _load_problem_file(source)
 

@@ -16,6 +16,8 @@ from trainables.errors import ConfigError
 TESTBENCH_TOP = "tb"
 _REPORT_LITERAL = '"Mismatches:'
 _MODULE_START = re.compile(r"^[ \t]*module\s", re.MULTILINE)
+_LEADING_TRIVIA = re.compile(r"(?:\s+|//[^\n]*|/\*.*?\*/|`[^\n]*)*", re.DOTALL)
+"""Whitespace, comments and compiler directives (`timescale, `default_nettype) before a design's first code."""
 
 
 def tool_paths() -> tuple[str, str]:
@@ -27,10 +29,33 @@ def tool_paths() -> tuple[str, str]:
 
 
 def verilog_source(problem: dict, completion: str) -> str:
-    """The sample's design: the completion alone when it declares a module, else the prompt's module header + completion."""
-    if _MODULE_START.search(completion):
+    """The sample's design: the completion alone when it is a whole design, else the prompt's module header
+    + completion (a module body, perhaps followed by helper modules).
+
+    A whole design starts with a `module` declaration (after comments and compiler directives) or declares
+    the prompt's own module somewhere (helper modules first); a prompt without a module header takes any
+    completion that declares a module as whole.
+    """
+    if is_whole_design(problem["prompt"], completion):
         return completion
     return module_header(problem["prompt"]) + completion
+
+
+def is_whole_design(prompt: str, code: str) -> bool:
+    """Whether `code` is a complete design (see verilog_source) rather than the body of the prompt's module."""
+    name = header_module_name(prompt)
+    if name is None:
+        return bool(_MODULE_START.search(code))
+    rest = code[_LEADING_TRIVIA.match(code).end():]
+    if re.match(r"module\s", rest):
+        return True
+    return bool(re.search(rf"^[ \t]*module\s+{re.escape(name)}\b", code, re.MULTILINE))
+
+
+def header_module_name(prompt: str) -> str | None:
+    """The name the prompt's last `module` declaration gives (VerilogEval v1: top_module; v2: TopModule)."""
+    found = re.findall(r"^[ \t]*module\s+([A-Za-z_][A-Za-z0-9_$]*)", prompt, re.MULTILINE)
+    return found[-1] if found else None
 
 
 def module_header(prompt: str) -> str:
@@ -92,7 +117,8 @@ def verdict_from_steps(reply: dict, token: str) -> dict:
 
 def _first_error(output: str) -> str:
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()]
+    # iverilog reports constructs it does not implement as "FILE:LINE: sorry: ..." and then only counts them.
+    errors = [line for line in lines if "error" in line.lower() or "sorry:" in line]
     return (errors or lines or ["iverilog failed"])[0][:500]
 
 

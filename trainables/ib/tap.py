@@ -63,6 +63,10 @@ class HiddenStateTap:
         self.hidden: torch.Tensor | None = None
 
     def _before_block(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        # First call wins. Under activation checkpointing the hook is already removed when the backward
+        # recomputes the blocks (IBModel takes the state and leaves capture() inside its forward; recent
+        # transformers checkpoint a block's forward, not its hooks); were a recompute to reach the hook while
+        # it is registered, it must not replace the forward's tensor, whose graph the IB loss was built on.
         if self.hidden is None:
             self.hidden = args[0] if args else kwargs["hidden_states"]
 

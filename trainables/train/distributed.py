@@ -35,6 +35,15 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_min(values: list[float]) -> list[float]:
+    """Element-wise minimum of `values` over all ranks (the values themselves when not distributed)."""
+    if not is_distributed() or world_size() == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_reduce_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t.tolist()
+
+
 def barrier() -> None:
     if is_distributed() and world_size() > 1:
         if dist.get_backend() == "nccl":

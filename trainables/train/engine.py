@@ -8,7 +8,9 @@ An engine owns the optimizer and LR scheduler and knows how its backend averages
   gradient is that of the token mean over the whole global batch whatever the accumulation and world size;
 - `step() -> grad_norm`: clip, update, advance the schedule, zero the gradients;
 - `lr()`: the learning rate the next update uses;
-- `save(dir) -> dict` / `load(dir, state)`: the optimizer/scheduler (or DeepSpeed shards).
+- `save(dir) -> dict` / `load(dir, state)`: the optimizer/scheduler (or DeepSpeed shards);
+- `inference_context()`: context for forwards outside the training step (a rung's validation, test and
+  memorization), which ranks run out of step with each other (see DeepSpeedEngine.inference_context).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import contextlib
 import os
 import socket
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any, ContextManager, Iterator
 
 import torch
 
@@ -80,6 +82,10 @@ class TorchEngine:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def gathered_parameters(self) -> ContextManager:
+        return contextlib.nullcontext()
+
+    def inference_context(self) -> ContextManager:
+        # Every rank holds the whole model: its forwards need no other rank.
         return contextlib.nullcontext()
 
     def save(self, directory: Path) -> dict[str, Any]:
@@ -165,6 +171,24 @@ class DeepSpeedEngine:
             return deepspeed.zero.GatheredParameters(self.params, modifier_rank=None)
         return contextlib.nullcontext()
 
+    def inference_context(self) -> ContextManager:
+        """Context for the forwards of a rung's validation, test and memorization: under ZeRO-3, the whole model
+        gathered on every rank and ZeRO-3's module hooks off, so those forwards run without any collective.
+
+        ZeRO-3 keeps a shard of each parameter per rank, and its hooks all-gather a module's parameters before
+        each forward: a collective every rank must join, in the same order. Evaluation forwards are not in step
+        across ranks (each rank samples its own task share, rows stop at their own lengths, memorization runs on
+        rank 0 alone), so a rank that finished early left the others blocked in an all-gather for good. Here every
+        rank gathers all parameters once (one collective, at the same point on every rank), the hooks come off,
+        forwards use the local full copy, and on exit the hooks go back and the parameters are partitioned again.
+        Costs the whole model in each device's memory for the duration (a 7B model in bf16: 14 GB); a model that
+        does not fit one device fails here with a clear error on every rank. ZeRO-0/1/2 keep whole parameters on
+        every rank: nothing to do.
+        """
+        if self.cfg.deepspeed.zero_stage == 3:
+            return _zero3_whole_model(self.module)
+        return contextlib.nullcontext()
+
     def save(self, directory: Path) -> dict[str, Any]:
         self.module.save_checkpoint(
             str(directory / DEEPSPEED_SUBDIR), tag=_DEEPSPEED_TAG, save_latest=False, exclude_frozen_parameters=True
@@ -188,6 +212,56 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig, device: torch.device)
     if cfg.deepspeed is not None:
         return DeepSpeedEngine(model, cfg, device)
     return TorchEngine(model, cfg, device)
+
+
+@contextlib.contextmanager
+def _zero3_whole_model(engine: Any) -> Iterator[None]:
+    """Whole parameters on every rank and no ZeRO-3 hooks for the duration (engine: a ZeRO-3 DeepSpeedEngine).
+
+    As DeepSpeed's own deepspeed.runtime.zero.stage3.unwrap_model_for_generation (and TRL's
+    unwrap_model_for_generation) do it, plus: stale active-submodule marks cleared (re-registered modules get new
+    ids, and a parameter still marked active could never be freed), and the hooks restored even on an error.
+    Every rank must enter together: the gather is a collective.
+    """
+    import deepspeed
+
+    offload = getattr(engine.optimizer, "parameter_offload", None) or engine.optimizer
+    if offload is None or not hasattr(offload, "forward_hooks"):
+        raise RuntimeError("ZeRO-3 engine without its parameter coordinator (an unsupported DeepSpeed version?)")
+    params = list(engine.module.parameters())
+    _check_whole_model_fits(params)
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        for hook in offload.forward_hooks + offload.backward_hooks:
+            hook.remove()
+        offload.forward_hooks, offload.backward_hooks = [], []
+        for param in params:
+            param.ds_active_sub_modules.clear()
+        try:
+            yield
+        finally:
+            # Re-registering invalidates ZeRO-3's recorded module trace: the next training forward records anew.
+            offload._register_deepspeed_module(offload.module)
+
+
+def _check_whole_model_fits(params: list[torch.nn.Parameter]) -> None:
+    """Raise on every rank alike when gathering the whole model would not fit some rank's free device memory.
+
+    The decision is all-reduced: one rank raising while the others enter the gather would leave them blocked.
+    """
+    if not torch.cuda.is_available() or not distributed.is_distributed():
+        return
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    needed = sum(p.ds_numel * p.element_size() for p in params if p.ds_status == ZeroParamStatus.NOT_AVAILABLE)
+    free, _ = torch.cuda.mem_get_info()
+    free += torch.cuda.memory_reserved() - torch.cuda.memory_allocated()  # cached by torch, free to reuse
+    headroom = distributed.all_reduce_min([float(free - needed)])[0]
+    if headroom < 0:
+        raise RuntimeError(
+            f"deepspeed.zero_stage 3: validation gathers the whole model on every rank ({needed / 2**30:.1f} GiB "
+            f"more), but a rank has {-headroom / 2**30:.1f} GiB too little free device memory; use GPUs that hold "
+            "the whole model (ZeRO-3 then still saves optimizer and gradient memory in training)"
+        )
 
 
 def _single_process_rendezvous_env() -> None:

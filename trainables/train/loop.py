@@ -74,7 +74,9 @@ class TrainHooks:
     on_rung: Optional[Callable[[int, Any, Any, str], Optional[bool]]] = None
     """on_rung(step, model, tokenizer, checkpoint_dir) every rung_every steps, right after that step's
     checkpoint is written; model is the LoRA model in eval mode. Returning True ends training early.
-    Random draws it makes do not disturb training (the RNG state is restored afterwards)."""
+    Random draws it makes do not disturb training (the RNG state is restored afterwards). Its forwards need not
+    be in step across ranks: under ZeRO-3 it runs with the whole model gathered on each rank and no ZeRO hooks
+    (DeepSpeedEngine.inference_context), so it must not call the DeepSpeed engine itself."""
     rung_every: Optional[int] = None
     """Optimizer steps between on_rung calls (None: never)."""
 
@@ -88,7 +90,7 @@ def train(cfg: TrainConfig, *, hooks: Optional[TrainHooks] = None, resume_from: 
     """
     from trainables.data import PaddingCollator, load_examples, tokenize_examples
     from trainables.ib import IBModel
-    from trainables.models import apply_lora, load_model_and_tokenizer
+    from trainables.models import apply_lora, enable_gradient_checkpointing, load_model_and_tokenizer
 
     hooks = hooks or TrainHooks()
     if hooks.rung_every is not None and hooks.rung_every < 1:
@@ -101,6 +103,9 @@ def train(cfg: TrainConfig, *, hooks: Optional[TrainHooks] = None, resume_from: 
     _seed_all(cfg.seed)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     peft_model = apply_lora(model, cfg.lora, cfg.seed)
+    if cfg.optim.gradient_checkpointing:
+        # Before the IB model and any engine wrap it: DeepSpeed and DDP must see the checkpointed blocks.
+        enable_gradient_checkpointing(peft_model)
     device = _device()
     # The IB head's initial weights must be the same on every rank (DDP and ZeRO assume it).
     torch.manual_seed(cfg.seed)
@@ -194,7 +199,9 @@ def train(cfg: TrainConfig, *, hooks: Optional[TrainHooks] = None, resume_from: 
             )
         if rung_due:
             ib_model.eval()
-            with ckpt.preserved_rng():
+            # Ranks evaluate out of step with each other (own task shares, own sample lengths, memorization on
+            # rank 0): under ZeRO-3 the whole model is gathered first, so those forwards need no collective.
+            with ckpt.preserved_rng(), engine.inference_context():
                 stop = hooks.on_rung(step, peft_model, tokenizer, str(last_checkpoint))
             ib_model.train()
             if stop:
