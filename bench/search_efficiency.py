@@ -24,8 +24,11 @@ counted once the whole round is spent):
   far) ranking by search.asha.ranking_value (ties broken by the rung's train CE); stopped trials are told to
   Optuna as PRUNED, trials that reach the last rung as COMPLETE with their final values. A proposal of a
   configuration already run is answered from that run at no cost and another is asked for, as
-  search.optuna_bridge does (twin_of / tell_as_duplicate); after MAX_DUPLICATE_ASKS such answers in a row an
+  search.optuna_bridge does (ask_untrained: no study trial for a repeat); after MAX_DUPLICATE_ASKS such answers in a row an
   untried grid point is run, and once every grid point ran the search ends.
+- tpe+rungs: asha+tpe whose proposer learns from stopped trials (space learn_from_stopped: true): a stopped
+  trial stays PRUNED in the study, and TPE sees it as complete with its last rung's values
+  (search.optuna_bridge.ask_untrained).
 - random: grid configurations drawn uniformly among those not run yet (Optuna's RandomSampler with the
   product's repeat answering; the search ends once all were run), full budget each.
 - grid: every configuration once in a fixed order (the product of the choices, in the order the parameters
@@ -270,9 +273,12 @@ class OptunaTPE:
     """The product's sampler (search.tuner.tpe_sampler) on the grid's categorical choices, with the
     presets enqueued as search.optuna_bridge.PrunedAwareOptunaSearch enqueues them."""
 
-    def __init__(self, curves: Curves, seed: int, startup_trials: Optional[int] = None) -> None:
+    def __init__(
+        self, curves: Curves, seed: int, startup_trials: Optional[int] = None, learn_from_stopped: bool = False
+    ) -> None:
         import optuna
 
+        self._learn_from_stopped = learn_from_stopped
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         self._optuna = optuna
@@ -305,31 +311,38 @@ class OptunaTPE:
             for n in fixed:
                 trial.suggest_categorical(n, self._curves.domains[n])
             return trial, idx
-        from search.optuna_bridge import MAX_DUPLICATE_ASKS, pick_untried, tell_as_duplicate, twin_of, untried
+        from search.optuna_bridge import MAX_DUPLICATE_ASKS, REPEATS_ATTR, ask_untrained, pick_untried, untried
 
         if not untried(self._combinations, self.study):
             return None  # every grid point ran: the product's search ends here
-        repeats = 0
+        names, domains = self._curves.names, self._curves.domains
+
+        def define(trial: Any) -> dict[str, Any]:
+            return {n: trial.suggest_categorical(n, domains[n]) for n in names}
+
+        def answered() -> int:
+            return sum((self.study.user_attrs.get(REPEATS_ATTR) or {}).values())
+
         for _ in range(1000):
-            if repeats >= MAX_DUPLICATE_ASKS:
-                # The product's fallback on a finite space (PrunedAwareOptunaSearch._ask_new): an untried point.
+            before = answered()
+            # The product's proposer (PrunedAwareOptunaSearch._ask_new): repeats are answered from the earlier
+            # run without a study trial; after MAX_DUPLICATE_ASKS of them in a row an untried point runs.
+            trial = ask_untrained(
+                self.study, define, max_asks=MAX_DUPLICATE_ASKS, learn_from_stopped=self._learn_from_stopped
+            )
+            self.repeats += answered() - before
+            if trial is None:
                 pick = pick_untried(self._combinations, self.study, self._seed)
                 self.study.enqueue_trial(pick, user_attrs={"untried_pick": True})
                 self.untried_picks += 1
-                repeats = 0
-            trial = self.study.ask()
-            params = {n: trial.suggest_categorical(n, self._curves.domains[n]) for n in self._curves.names}
-            idx = self._curves.index.get(tuple(params[n] for n in self._curves.names))
+                trial = self.study.ask()
+            params = define(trial)
+            idx = self._curves.index.get(tuple(params[n] for n in names))
             if idx is None:
-                # A combination the recording lacks (a grid point that failed): no data, no cost; tell it failed.
+                # A combination the recording lacks (a grid point that failed): no data, no cost; told failed,
+                # so later proposals of it are answered from the failure, as the product answers them.
                 self.missing += 1
                 self.study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
-                continue
-            twin = twin_of(self.study, trial)
-            if twin is not None:
-                repeats += 1
-                self.repeats += 1
-                tell_as_duplicate(self.study, trial, twin)
                 continue
             return trial, idx
         raise RuntimeError("the sampler keeps proposing configurations the recording lacks")
@@ -339,6 +352,10 @@ class OptunaTPE:
         if state == COMPLETE:
             self.study.tell(handle, values)
         else:
+            if state == PRUNED and values and all(v is not None and math.isfinite(v) for v in values):
+                from search.optuna_bridge import RUNG_VALUES_ATTR
+
+                handle.set_user_attr(RUNG_VALUES_ATTR, [float(v) for v in values])  # as the product records it
             self.study.tell(handle, state=TrialState.PRUNED if state == PRUNED else TrialState.FAIL)
 
 
@@ -448,7 +465,8 @@ def simulate(
                 # None: no usable values, no decision (as LoggedASHA and ParetoASHA do)
                 if action == TrialScheduler.STOP:
                     t["state"] = PRUNED
-                    proposer.tell(t["handle"], PRUNED, None)
+                    rung_values = [row.get(m) for m in curves.objectives]  # the stopped trial's last rung
+                    proposer.tell(t["handle"], PRUNED, rung_values)
                     workers[w] = None
         # The trials of a round run side by side: what completes in it is there once the whole round is spent.
         completions += [(spent, point) for point in done_this_round]
@@ -490,7 +508,8 @@ class Outcome:
     """asha+tpe per seed: trials started, stopped, completed, distinct configurations completed."""
 
 
-METHODS = ("asha+tpe", "random", "grid", "oracle", "pareto")
+METHODS = ("asha+tpe", "tpe+rungs", "random", "grid", "oracle", "pareto")
+"""tpe+rungs: asha+tpe whose sampler learns from stopped trials (space learn_from_stopped: true)."""
 
 
 def replay_all(
@@ -508,6 +527,10 @@ def replay_all(
         tpe = OptunaTPE(curves, seed, startup_trials)
         replays = {
             "asha+tpe": simulate(curves, tpe, full_budget, asha=True, concurrency=concurrency),
+            "tpe+rungs": simulate(
+                curves, OptunaTPE(curves, seed, startup_trials, learn_from_stopped=True), full_budget, asha=True,
+                concurrency=concurrency,
+            ),
             "random": simulate(curves, UniformRandom(curves, seed), full_budget, asha=False, concurrency=concurrency),
             "grid": grid_replay,
             "oracle": simulate(curves, OptunaTPE(curves, seed, startup_trials), full_budget, asha=True, concurrency=concurrency, oracle=True),
@@ -539,7 +562,8 @@ def _ratio_line(prefix: str, curves: Curves, seeds: int, out: Outcome) -> str:
     return (
         f"{prefix} ({curves.full_budget / 3:.0f} of {curves.full_budget} trial-steps), mean HV / full HV over "
         f"{seeds} seeds: asha+tpe {out.third['asha+tpe']:.3f} (target >= {TARGET}: {verdict}; {out.hit:.0%} of "
-        f"seeds >= {TARGET}), random {out.third['random']:.3f}, grid {out.third['grid']:.3f}; "
+        f"seeds >= {TARGET}), tpe+rungs (learn_from_stopped) {out.third['tpe+rungs']:.3f}, "
+        f"random {out.third['random']:.3f}, grid {out.third['grid']:.3f}; "
         f"oracle (ASHA deciding on final values) {out.third['oracle']:.3f}; "
         f"pareto (asha.promotion pareto) {out.third['pareto']:.3f}"
     )

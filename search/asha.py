@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
@@ -31,6 +32,34 @@ def ranking_value(result: dict, metric: str, mode: str, tie_break: str) -> Optio
     if tie_break == "train_loss" and isinstance(loss, (int, float)) and math.isfinite(loss) and loss >= 0:
         score += TIE_BREAK_SCALE / (1.0 + loss)
     return score
+
+
+def recorded_results(tune_dir: Path) -> dict[str, list[dict]]:
+    """Every result each Tune trial of a search reported, in its order: the trials' result.json under
+    RUN_DIR/tune/ (Ray's JSON logger writes one line per result, a restarted trial appending to it)."""
+    import json
+
+    out: dict[str, list[dict]] = {}
+    for path in sorted(Path(tune_dir).glob("*/result.json")):
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                result = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill
+            if isinstance(result, dict) and isinstance(result.get("trial_id"), str):
+                out.setdefault(result["trial_id"], []).append(result)
+    return out
+
+
+class _Recorded:
+    """What Ray's bracket reads of a trial: its id."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
 
 
 class LoggedASHA(AsyncHyperBandScheduler):
@@ -64,6 +93,9 @@ class LoggedASHA(AsyncHyperBandScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         rung = result.get(RUNG_KEY)
+        stop = self._stopped_before(trial, rung)
+        if stop is not None:
+            return stop
         score = ranking_value(result, self._metric, self._mode, self._tie_break)
         if rung is None or score is None:
             return TrialScheduler.CONTINUE
@@ -92,6 +124,38 @@ class LoggedASHA(AsyncHyperBandScheduler):
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
         self._trial_info.pop(trial.trial_id, None)
+
+    def _stopped_before(self, trial: Any, rung: Any) -> Optional[str]:
+        """STOP for a trial ASHA stopped before the resume (restore_rungs' `stopped`): Tune may restart it from
+        its last snapshot, and its trainable then only reports its last result again."""
+        if trial.trial_id not in getattr(self, "_stopped_before_resume", ()):
+            return None
+        self._print(f"ASHA {trial.trial_id} rung {rung}/{self._max_t}: stopped before the resume -> STOP")
+        return TrialScheduler.STOP
+
+    def restore_rungs(self, results: dict[str, list[dict]], stopped: Optional[set[str]] = None) -> int:
+        """Rebuild the rung records from the recorded results of a search (recorded_results), as a scheduler
+        that never stopped would hold them: Ray keeps no scheduler state across a resume (Tuner.restore takes the
+        scheduler pickled when the search was built, with empty rungs). Each trial's value at a milestone is its
+        first result at or past it, so the records do not depend on the order trials arrived in. Returns the
+        number of rung records restored. `stopped`: ids of the trials ASHA stopped (PRUNED in the study); each is
+        answered STOP if Tune runs it again."""
+        self._stopped_before_resume = set(stopped or ())
+        before = self._recorded_count()
+        for trial_id, trial_results in results.items():
+            for result in trial_results:
+                self._record(trial_id, result)
+        return self._recorded_count() - before
+
+    def _record(self, trial_id: str, result: dict) -> None:
+        rung = result.get(RUNG_KEY)
+        score = ranking_value(result, self._metric, self._mode, self._tie_break)
+        if rung is None or score is None or rung >= self._max_t:
+            return  # what on_trial_result never records either
+        self._brackets[0].on_result(_Recorded(trial_id), rung, score)  # Ray's own recording; the action is moot
+
+    def _recorded_count(self) -> int:
+        return sum(len(recorded) for _, recorded in self._brackets[0]._rungs)
 
 
 class ParetoRungs:
@@ -146,6 +210,9 @@ class ParetoASHA(LoggedASHA):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         rung = result.get(RUNG_KEY)
+        stop = self._stopped_before(trial, rung)
+        if stop is not None:
+            return stop
         values = objective_values(result, self._objectives, self._tie_break)
         if rung is None or values is None:
             return TrialScheduler.CONTINUE
@@ -164,6 +231,16 @@ class ParetoASHA(LoggedASHA):
             f"best {quota} go on) -> {'STOP' if action == TrialScheduler.STOP else 'CONTINUE'}"
         )
         return action
+
+    def _record(self, trial_id: str, result: dict) -> None:
+        rung = result.get(RUNG_KEY)
+        values = objective_values(result, self._objectives, self._tie_break)
+        if rung is None or values is None or rung >= self._max_t:
+            return
+        self._pareto.decide(trial_id, rung, values)  # records the values at the milestone; the decision is moot
+
+    def _recorded_count(self) -> int:
+        return sum(len(recorded) for recorded in self._pareto.recorded.values())
 
 
 def _cutoff_at(bracket: Any, rung: int, trial_id: str) -> Optional[float]:

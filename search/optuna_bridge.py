@@ -13,8 +13,16 @@ What Ray's OptunaSearch gets wrong for us, and what this subclass does instead:
   already told before a kill is not told again.
 - A sampler may propose parameters an earlier trial already ran (TPE often does on `choices` domains, the
   paper spaces' kind). Every trial trains with the space's seed, so a re-run reproduces the earlier result at
-  full cost. Such a proposal is told at once with the earlier trial's outcome, marked `duplicate_of`, and
-  another is asked for, up to MAX_DUPLICATE_ASKS times. On a space of finitely many parameter combinations
+  full cost. Proposals are therefore asked in a scratch in-memory copy of the study (ask_untrained): a repeat
+  adds no trial to the study (no copy for samplers, startup_trials or NSGA-II generations to count, none in
+  optuna-dashboard); it is answered from the earlier trial's run, counted in the study's user attribute
+  `repeats` ({twin number: proposals answered}), and another is asked for, up to MAX_DUPLICATE_ASKS times.
+  Only a new configuration becomes a study trial. A configuration whose trial FAILed (errored after Tune's
+  failure.max_failures retries, or non-finite final values) is answered from that failure too, unless the
+  search runs with `--retry-failed` (RETRY_FAILED_ENV). Runs recorded before this kept their repeats as
+  trials marked `duplicate_of`; those are still never twins and still counted. With the space's
+  learn_from_stopped, the sampler sees each stopped trial in that scratch copy as complete with its last rung's
+  values (RUNG_VALUES_ATTR); the study keeps it PRUNED. On a space of finitely many parameter combinations
   (every domain `choices` or `int_range`) the sampler has then converged: an untried combination is run
   instead, and once every combination ran the search ends, since more trials could only repeat results. On a
   continuous space a repeat is run.
@@ -29,7 +37,7 @@ from typing import Any, Callable, Optional, Union
 
 import optuna
 from optuna.trial import TrialState
-from ray.tune.search import Searcher
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search.space import TRIAL_PARAMS, Domain, SearchSpace
@@ -47,7 +55,16 @@ RAY_TRIAL_ID_ATTR = "ray_trial_id"
 """Optuna user attribute holding the Tune trial id that ran the Optuna trial."""
 
 DUPLICATE_OF_ATTR = "duplicate_of"
-"""Optuna user attribute of a proposal told without running: the number of the trial that ran its parameters."""
+"""Optuna user attribute of a proposal told without running, in runs recorded before repeats stopped adding
+trials: the number of the trial that ran its parameters."""
+REPEATS_ATTR = "repeats"
+"""Optuna study user attribute: {trial number as text: proposals of its configuration answered from its run}."""
+RUNG_VALUES_ATTR = "rung_values"
+"""Optuna user attribute of a PRUNED trial: its objective values at the last rung it reported (what a sampler
+that learns from stopped trials is shown, see ask_untrained)."""
+RETRY_FAILED_ENV = "IBFT_RETRY_FAILED"
+"""Driver environment variable ("1": `ibft tune --retry-failed`): a FAILed configuration may be trained again.
+Read at every proposal, so a resumed search (whose searcher Tune unpickles) follows the flag of its resume."""
 MAX_DUPLICATE_ASKS = 20
 """Proposals in a row that may be answered from an earlier trial before one is run anyway."""
 
@@ -157,21 +174,138 @@ class TrainingKey:
         return tuple(sorted({**LEGACY_SEMANTICS, **base, **params}.items(), key=lambda kv: kv[0]))
 
 
-def twin_of(study: optuna.Study, trial: optuna.Trial, key: TrialKey = sampled_key) -> Optional[optuna.trial.FrozenTrial]:
-    """An earlier trial that ran (or is running) what `trial` would train with (by `key`), or None.
+def retry_failed_requested() -> bool:
+    """Whether this driver runs with `--retry-failed` (RETRY_FAILED_ENV)."""
+    import os
 
-    Trials without sampled parameters (the baseline) have no twin; skipped duplicates are never twins."""
-    if not trial.params:
+    return os.environ.get(RETRY_FAILED_ENV, "") == "1"
+
+
+def _twin_states(retry_failed: bool) -> tuple[TrialState, ...]:
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    return live if retry_failed else (*live, TrialState.FAIL)
+
+
+def twin_for(
+    study: optuna.Study,
+    params: dict[str, Any],
+    user_attrs: dict[str, Any],
+    key: TrialKey = sampled_key,
+    *,
+    retry_failed: bool = False,
+    exclude: Optional[int] = None,
+) -> Optional[optuna.trial.FrozenTrial]:
+    """A trial of `study` that ran (is running, or FAILed, unless `retry_failed`) what `params`/`user_attrs`
+    would train with (by `key`), or None. Without sampled parameters (the baseline) there is no twin; trials
+    marked `duplicate_of` (repeats of older runs) are never twins."""
+    if not params:
         return None
-    mine = key(trial.params, trial.user_attrs)
-    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
+    mine = key(params, user_attrs)
+    for other in study.get_trials(deepcopy=False, states=_twin_states(retry_failed)):
         if (
-            other.number != trial.number
+            other.number != exclude
             and DUPLICATE_OF_ATTR not in other.user_attrs
             and other.params
             and key(other.params, other.user_attrs) == mine
         ):
             return other
+    return None
+
+
+def twin_of(
+    study: optuna.Study, trial: optuna.Trial, key: TrialKey = sampled_key, *, retry_failed: bool = False
+) -> Optional[optuna.trial.FrozenTrial]:
+    """An earlier trial that ran (or is running, or FAILed unless `retry_failed`) what `trial` would train with
+    (by `key`), or None (see twin_for)."""
+    return twin_for(study, trial.params, trial.user_attrs, key, retry_failed=retry_failed, exclude=trial.number)
+
+
+def record_repeat(study: optuna.Study, twin: optuna.trial.FrozenTrial) -> None:
+    """Count one proposal answered from `twin`'s run in the study's `repeats` user attribute (a finished
+    trial's own attributes can no longer be written)."""
+    repeats = dict(study.user_attrs.get(REPEATS_ATTR) or {})
+    repeats[str(twin.number)] = int(repeats.get(str(twin.number), 0)) + 1
+    study.set_user_attr(REPEATS_ATTR, repeats)
+
+
+def repeat_counts(study: optuna.Study) -> dict[int, int]:
+    """{trial number: proposals answered from its run}, with the `duplicate_of` trials of older runs."""
+    counts = {int(k): int(v) for k, v in (study.user_attrs.get(REPEATS_ATTR) or {}).items()}
+    for t in study.get_trials(deepcopy=False):
+        if DUPLICATE_OF_ATTR in t.user_attrs:
+            twin = int(t.user_attrs[DUPLICATE_OF_ATTR])
+            counts[twin] = counts.get(twin, 0) + 1
+    return counts
+
+
+def _sampler_view(trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
+    """A stopped trial as a sampler that learns from stopped trials sees it: COMPLETE with its last rung's
+    objective values (RUNG_VALUES_ATTR); every other trial as it is."""
+    values = trial.user_attrs.get(RUNG_VALUES_ATTR)
+    if trial.state != TrialState.PRUNED or not isinstance(values, list) or not values:
+        return trial
+    return optuna.trial.create_trial(
+        state=TrialState.COMPLETE,
+        values=[float(v) for v in values],
+        params=trial.params,
+        distributions=trial.distributions,
+        user_attrs=trial.user_attrs,
+        system_attrs=trial.system_attrs,
+    )
+
+
+def _scratch_copy(study: optuna.Study, learn_from_stopped: bool = False) -> optuna.Study:
+    """An in-memory copy of `study`'s asked and finished trials, sharing its sampler: proposals asked there leave
+    the study itself untouched. With `learn_from_stopped`, stopped trials carry their last rung's values there
+    (_sampler_view)."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" per proposal
+    try:
+        scratch = optuna.create_study(
+            storage=optuna.storages.InMemoryStorage(), sampler=study.sampler, directions=study.directions
+        )
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    scratch.add_trials([_sampler_view(t) for t in trials] if learn_from_stopped else trials)
+    return scratch
+
+
+def ask_untrained(
+    study: optuna.Study,
+    define: Callable[[optuna.Trial], Any],
+    key: TrialKey = sampled_key,
+    *,
+    retry_failed: bool = False,
+    max_asks: int = MAX_DUPLICATE_ASKS,
+    learn_from_stopped: bool = False,
+) -> Optional[optuna.Trial]:
+    """A new trial of `study` whose configuration no trial of it ran, is running or FAILed (unless
+    `retry_failed`), or None after `max_asks` repeats in a row.
+
+    Each proposal is asked of the study's sampler in a scratch copy of the study (`define` draws its
+    parameters). A repeat stays there (left running: a constant-liar TPE steers away from it) and is only
+    counted on its twin (record_repeat); the first new proposal is enqueued in `study` and asked there, with
+    the sampler's own marks (grid id, ...) copied onto it, so the study gains exactly one trial. With
+    `learn_from_stopped` the sampler sees each stopped trial's last rung values (_sampler_view); the study keeps
+    it PRUNED."""
+    scratch = _scratch_copy(study, learn_from_stopped)
+    for _ in range(max_asks):
+        proposal = scratch.ask()
+        define(proposal)
+        twin = twin_for(study, proposal.params, proposal.user_attrs, key, retry_failed=retry_failed)
+        if twin is None:
+            study.enqueue_trial(dict(proposal.params))
+            trial = study.ask()
+            marks = scratch._storage.get_trial(proposal._trial_id).system_attrs
+            have = study._storage.get_trial(trial._trial_id).system_attrs
+            for name, value in marks.items():
+                if name not in have and name != "fixed_params":
+                    study._storage.set_trial_system_attr(trial._trial_id, name, value)
+            return trial
+        how = "failed" if twin.state == TrialState.FAIL else "ran"
+        logger.info("a proposal repeats Optuna trial %d's parameters (it %s): answered from it, not run", twin.number, how)
+        record_repeat(study, twin)
     return None
 
 
@@ -206,27 +340,34 @@ def finite_combinations(space: SearchSpace, limit: int = 100_000) -> Optional[li
     return out
 
 
-def untried(combinations: list[dict[str, Any]], study: optuna.Study, key: TrialKey = sampled_key) -> list[dict[str, Any]]:
-    """The combinations no trial of `study` ran, is running, or was told from a run (presets included where
-    `key` says they train the same)."""
-    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)
-    tried = {key(t.params, t.user_attrs) for t in study.get_trials(deepcopy=False, states=states) if t.params}
+def untried(
+    combinations: list[dict[str, Any]], study: optuna.Study, key: TrialKey = sampled_key, *, retry_failed: bool = False
+) -> list[dict[str, Any]]:
+    """The combinations no trial of `study` ran, is running, or FAILed (unless `retry_failed`) (presets included
+    where `key` says they train the same)."""
+    tried = {
+        key(t.params, t.user_attrs)
+        for t in study.get_trials(deepcopy=False, states=_twin_states(retry_failed))
+        if t.params and DUPLICATE_OF_ATTR not in t.user_attrs
+    }
     return [c for c in combinations if key(c, {}) not in tried]
 
 
 def pick_untried(
-    combinations: list[dict[str, Any]], study: optuna.Study, seed: int, key: TrialKey = sampled_key
+    combinations: list[dict[str, Any]], study: optuna.Study, seed: int, key: TrialKey = sampled_key, *,
+    retry_failed: bool = False,
 ) -> Optional[dict[str, Any]]:
     """One untried combination, drawn with a seed tied to the study's size (so a resumed search draws as the
     first run would have), or None when every combination ran."""
-    left = untried(combinations, study, key)
+    left = untried(combinations, study, key, retry_failed=retry_failed)
     if not left:
         return None
     return random.Random(seed * 1_000_003 + len(study.get_trials(deepcopy=False))).choice(left)
 
 
 def tell_as_duplicate(study: optuna.Study, trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> None:
-    """Tell `trial` what its twin's run says: its values if complete, pruned if stopped, failed while unknown."""
+    """How repeats were answered before ask_untrained (kept for reading and re-creating older runs): tell
+    `trial` what its twin's run says: its values if complete, pruned if stopped, failed while unknown."""
     trial.set_user_attr(DUPLICATE_OF_ATTR, twin.number)
     if twin.state == TrialState.COMPLETE:
         study.tell(trial, twin.values if len(twin.values) > 1 else twin.values[0])
@@ -309,28 +450,31 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         return {**params, OPTUNA_NUMBER_KEY: ot_trial.number, ROLE_KEY: role}
 
     def _ask_new(self) -> Optional[optuna.Trial]:
-        """A new Optuna trial whose parameters no earlier trial ran (presets always run); None when the space
-        is finite and every combination ran."""
+        """A new Optuna trial whose parameters no earlier trial ran or FAILed (presets always run; FAILed ones
+        again under --retry-failed); None when the space is finite and every combination ran. Repeated
+        proposals add no trial (ask_untrained)."""
         combinations = self._combinations
-        waiting = self._ot_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        if combinations is not None and not waiting and not untried(combinations, self._ot_study, self._key):
-            return None  # checked before asking: an exhausted space must not fill the study with told repeats
-        for _ in range(MAX_DUPLICATE_ASKS):
-            ot_trial = self._ot_study.ask()
-            if ROLE_KEY in ot_trial.user_attrs:
-                return ot_trial  # an enqueued preset
-            define_params(self._search_space, ot_trial)
-            twin = twin_of(self._ot_study, ot_trial, self._key)
-            if twin is None:
-                return ot_trial
-            logger.info("Optuna trial %d repeats trial %d's parameters: told its outcome, not run", ot_trial.number, twin.number)
-            tell_as_duplicate(self._ot_study, ot_trial, twin)
+        retry = retry_failed_requested()
+        if self._ot_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return self._ot_study.ask()  # an enqueued preset (or an untried pick asked before a kill)
+        if combinations is not None and not untried(combinations, self._ot_study, self._key, retry_failed=retry):
+            return None  # checked before asking: an exhausted space must not spend proposals
+        ot_trial = ask_untrained(
+            self._ot_study,
+            lambda t: define_params(self._search_space, t),
+            self._key,
+            retry_failed=retry,
+            max_asks=MAX_DUPLICATE_ASKS,
+            learn_from_stopped=bool(getattr(self._search_space, "learn_from_stopped", False)),
+        )
+        if ot_trial is not None:
+            return ot_trial
         if combinations is None:
             logger.warning(
                 "the sampler proposed only already-run parameters %d times in a row; running a repeat", MAX_DUPLICATE_ASKS
             )
             return self._ot_study.ask()
-        pick = pick_untried(combinations, self._ot_study, self._search_space.seed, self._key)
+        pick = pick_untried(combinations, self._ot_study, self._search_space.seed, self._key, retry_failed=retry)
         if pick is None:
             logger.warning(
                 "every one of the space's %d parameter combinations ran: the search ends (more trials would repeat them)",
@@ -343,6 +487,14 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         )
         self._ot_study.enqueue_trial(pick, user_attrs={"untried_pick": True})
         return self._ot_study.ask()
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # Ray's OptunaSearch reports a single objective's every value as an intermediate value; an objective
+        # reported only at the final rung (memorization/...) is absent before it, and is no intermediate value.
+        metric = self.metric
+        if isinstance(metric, str) and not (isinstance(result.get(metric), (int, float)) and math.isfinite(result[metric])):
+            return
+        super().on_trial_result(trial_id, result)
 
     def _claim_orphan(self) -> Optional[optuna.Trial]:
         while self._orphans:
@@ -370,6 +522,10 @@ class PrunedAwareOptunaSearch(OptunaSearch):
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     ot_trial.set_user_attr(key, value)
         ot_trial.set_user_attr("outcome", outcome)
+        if outcome == PRUNED and result:
+            rung_values = [result.get(m) for m in objectives]
+            if all(isinstance(v, (int, float)) and math.isfinite(v) for v in rung_values):
+                ot_trial.set_user_attr(RUNG_VALUES_ATTR, [float(v) for v in rung_values])  # type: ignore[arg-type]
         if outcome == COMPLETE:
             values = [float(result[m]) for m in objectives]  # type: ignore[index]
             self._ot_study.tell(ot_trial, values if len(values) > 1 else values[0], state=TrialState.COMPLETE)
@@ -384,6 +540,30 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if t.number not in known
         ]
+
+
+class RungMetricsLimiter(ConcurrencyLimiter):
+    """Ray's ConcurrencyLimiter, showing Tune's strict metric check only the objectives every rung reports.
+
+    Tune checks every result for each of the searcher's metrics, but a memorization objective
+    (memorization/gap, ...) is measured only at a trial's final rung: the first rung's result would stop the
+    search ("... memorization/gap that SearchGenerator expects"). The searcher still tells Optuna every
+    objective, from the final result; a trial that ends without one is PRUNED (stopped early) or FAIL
+    (trial_outcome), never COMPLETE with a made-up value. Nothing else reads this property: ASHA ranks on
+    asha.metric (a validation metric, reported every rung)."""
+
+    def __init__(self, searcher: Searcher, max_concurrent: int, every_rung: list[str]) -> None:
+        super().__init__(searcher, max_concurrent=max_concurrent)
+        self._every_rung = list(every_rung)
+
+    @property
+    def metric(self) -> Any:
+        every_rung = getattr(self, "_every_rung", None)
+        if every_rung is None:
+            return super().metric
+        if not every_rung:
+            return None  # every objective comes at the final rung: nothing for Tune to check at every result
+        return every_rung if len(every_rung) > 1 else every_rung[0]
 
 
 class _DefineByRun:

@@ -333,6 +333,10 @@ class TrainingSection(_Strict):
     """Micro-batches per optimizer step."""
     max_grad_norm: float = Field(default=1.0, ge=0)
     """Gradient clipping norm (0 disables)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder block's activations in the backward pass instead of storing them (about a third
+    more compute per step). The activations of a 7B model at 2 x 2048 tokens do not fit a 48 GB GPU next to its
+    bf16 weights without it; a small model on a large GPU trains faster with it off."""
 
     @model_validator(mode="after")
     def _rung_fits(self) -> "TrainingSection":
@@ -351,7 +355,9 @@ class BenchmarkSection(_Strict):
     """A benchmark split and how its samples are drawn and scored."""
 
     benchmark: str
-    """"python-functions", "humaneval", "verilog" or a path to a problems JSONL."""
+    """"python-functions", "humaneval", "verilogeval" (VerilogEval v1 Human), "verilog" (13 small problems, for
+    tests) or a path to a problems JSONL or VerilogEval folder. The builtin names have a fixed val/test split:
+    `validation` uses its val part, `test` its test part; a path is used whole by both."""
     tasks: Optional[int] = Field(default=None, ge=1)
     """Use a seeded subset of this many tasks of the split (all when unset)."""
     n: int = Field(default=10, ge=1)
@@ -432,6 +438,20 @@ class ResourcesSection(_Strict):
     """GPUs per worker (0: CPU training)."""
     cpus_per_worker: float = Field(default=1, gt=0)
     """CPUs per worker."""
+    gpu_memory_gib: Optional[float] = Field(default=None, gt=0)
+    """GPU memory one worker's tensors may use, in GiB. `ibft tune` estimates a trial's per-GPU peak from the
+    model's shape and these settings (trainables.memory_estimate) and refuses, before Ray starts, a GPU space
+    whose trial cannot fit. Unset on a GPU space: 44.4, what a 48 GB L40S of cluster.yaml leaves (nvidia-smi's
+    46,068 MiB = 45.0 GiB less ~0.6 GiB of CUDA context and NCCL buffers); an 80 GB A100/H100 leaves about 78.
+    Unused by CPU spaces (gpus_per_worker 0)."""
+
+    def gpu_memory(self) -> Optional[float]:
+        """The GiB a worker's GPU is taken to have; None for CPU training."""
+        if self.gpus_per_worker <= 0:
+            return None
+        from trainables.memory_estimate import L40S_GPU_MEMORY_GIB
+
+        return self.gpu_memory_gib if self.gpu_memory_gib is not None else L40S_GPU_MEMORY_GIB
 
 
 class DeepSpeedSection(_Strict):
@@ -468,7 +488,21 @@ class FailureSection(_Strict):
     """What happens when a trial fails."""
 
     max_failures: int = Field(default=1, ge=0)
-    """Retries of a failed trial, each from its last checkpoint (non-finite losses are never retried)."""
+    """Retries of a failed trial by Tune, each from its last checkpoint (non-finite losses are never retried). A
+    trial that still fails ends FAIL, and its configuration is not trained again unless `ibft tune
+    --retry-failed`."""
+    max_preemption_failures: int = Field(default=0, ge=0)
+    """Spot preemptions a trial's Ray Train run recovers from itself (from its last rung checkpoint) before the
+    preemption fails the run; then it counts as one of the trial's failures (max_failures). Ray Train V2's own
+    default, -1, would retry preemptions without limit and never count them."""
+    controller_failure_limit: int = Field(default=0, ge=0)
+    """Times a trial's Ray Train run retries starting its worker group after a start-up failure or time-out
+    (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 600 s: e.g. the autoscaler has no capacity) before the run fails;
+    then it counts as one of the trial's failures. Ray Train V2's default, -1, retries without limit: a search
+    short of capacity would wait silently for ever."""
+    resource_wait_warn_s: float = Field(default=300.0, gt=0)
+    """A trial whose workers have not started after this many seconds logs a line naming the resources it waits
+    for (and what the cluster has free), again every as many seconds while it waits."""
 
 
 class MemorizationSection(_Strict):
@@ -642,6 +676,15 @@ class SearchSpace(_Strict):
     unset); "baseline" and "search" are taken. E.g. {official: {alpha: 0.2, beta: 0.01, tap_layer: 20}}."""
     memorization: MemorizationSection = Field(default_factory=MemorizationSection)
     """Memorization analysis of every finished trial (off unless enabled)."""
+    learn_from_stopped: bool = False
+    """Show the sampler each trial ASHA stopped as if complete with its last rung's objective values (the study
+    keeps it PRUNED). Off: a stopped trial carries no values, and a multi-objective TPE ranks all of them alike.
+    Measured with bench/search_efficiency.py (README, search efficiency)."""
+    keep_checkpoints: Literal["last_adapter", "all"] = "last_adapter"
+    """What a trial ASHA stopped keeps in RUN_DIR/trials/<id>/ once it stops: "last_adapter" its last rung's
+    checkpoint without the optimizer/engine state (the LoRA adapter and IB head, the rung's metrics and per-task
+    counts, its train config: what `ibft eval --adapter` and the report read), "all" every rung checkpoint as
+    written. A stopped trial never trains again, so nothing else is read."""
     faults: Optional[FaultInjection] = None
     """Testing aid only: inject a NaN loss into chosen trials."""
 
@@ -703,6 +746,14 @@ class SearchSpace(_Strict):
                 f"asha.grace_period {self.asha.grace_period} exceeds the {self.training.num_rungs} rungs of a trial"
             )
         self._check_metrics()
+        for name in ("validation", "test"):
+            bench = getattr(self, name, None)
+            if bench is not None and bench.tasks is not None and bench.tasks < self.resources.workers:
+                # Each worker evaluates its own share of the tasks; a worker with none fails the trial at its rung.
+                raise ValueError(
+                    f"{name}.tasks {bench.tasks} is fewer than resources.workers {self.resources.workers}: every "
+                    "worker needs at least one task"
+                )
         depth = self.model.depth()
         if depth is not None:
             self._check_tap_layers(depth)
@@ -711,6 +762,12 @@ class SearchSpace(_Strict):
                 if domain.choices is None:
                     raise ValueError(f"sampler grid needs choices for every searched parameter; params.{name} is {domain.kind}")
         return self
+
+    def rung_objectives(self) -> list[str]:
+        """The objectives reported at every rung (validation metrics); the others (memorization/...) come only
+        with a trial's final rung, so Tune must not expect them in every result (optuna_bridge.RungMetricsLimiter)."""
+        validation = self.validation.metric_names("val")
+        return [o.metric for o in self.objectives if o.metric in validation]
 
     def _check_metrics(self) -> None:
         """ASHA ranks on a validation metric (reported every rung); objectives are validation metrics or, with

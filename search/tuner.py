@@ -171,16 +171,15 @@ def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
     """The Tuner of this search: fresh, or restored from RUN_DIR/tune with unfinished trials continued."""
     import optuna
     from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
-
     from search.asha import make_scheduler
-    from search.optuna_bridge import PrunedAwareOptunaSearch
+    from search.optuna_bridge import PrunedAwareOptunaSearch, RungMetricsLimiter
     from trainables import tune_trainable
 
     trainable = tune.with_resources(tune_trainable.run_trial, tune_trainable.DRIVER_RESOURCES)
     param_space = {"setup": trial_setup(space, run_dir)}
     if resume:
-        return tune.Tuner.restore(
+        param_space = {"setup": align_to_recorded_setup(param_space["setup"], run_dir)}
+        tuner = tune.Tuner.restore(
             str(run_dir / TUNE_DIR),
             trainable=trainable,
             resume_unfinished=True,
@@ -188,12 +187,18 @@ def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
             restart_errored=False,
             param_space=param_space,
         )
+        restore_asha(tuner, space, run_dir)
+        return tuner
     storage = open_study_storage(run_dir / OPTUNA_DB)
     searcher = PrunedAwareOptunaSearch(space, sampler=_sampler(space), storage=storage, study_name=space.name)
     scheduler = make_scheduler(space)
     from search.pg_reaper import PlacementGroupReaper
 
     callbacks: list = [PlacementGroupReaper()]
+    if space.keep_checkpoints == "last_adapter":
+        from search.checkpoints import SlimStoppedTrials
+
+        callbacks.append(SlimStoppedTrials(run_dir.resolve(), space.name))
     if space.wandb.mode != "disabled":
         from ray.air.integrations.wandb import WandbLoggerCallback
 
@@ -212,7 +217,11 @@ def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent),
+            # Tune's strict metric check sees only the objectives every rung reports (memorization/... come at
+            # the final rung); the searcher tells Optuna all of them.
+            search_alg=RungMetricsLimiter(
+                searcher, max_concurrent=space.max_concurrent, every_rung=space.rung_objectives()
+            ),
             scheduler=scheduler,
             num_samples=space.num_samples,
             reuse_actors=False,
@@ -226,6 +235,79 @@ def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
             verbose=1,
         ),
     )
+
+
+def align_to_recorded_setup(setup: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """`setup` with the keys of the setup the run's trials were given (any RUN_DIR/tune/*/params.json).
+
+    Tuner.restore refuses a param_space whose keys differ from the original's, so a run started before a space
+    field existed could not be resumed by code that has it. The recorded keys are kept (their values from
+    `setup` where it has them, else as recorded); keys the run never had are left out, and the trainable reads
+    them with their defaults."""
+    import json
+
+    recorded = None
+    for path in sorted((run_dir / TUNE_DIR).glob("*/params.json")):
+        try:
+            recorded = json.loads(path.read_text()).get("setup")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(recorded, dict):
+            break
+    if not isinstance(recorded, dict):
+        return setup
+
+    def align(new: Any, old: Any) -> Any:
+        if isinstance(old, dict) and old:
+            new = new if isinstance(new, dict) else {}
+            return {k: align(new[k], v) if k in new else v for k, v in old.items()}
+        return old if isinstance(new, dict) and new else new
+
+    aligned = align(setup, recorded)
+    aligned["run_dir"] = setup["run_dir"]  # where the run is now (it may have moved)
+    return aligned
+
+
+REPORTED_PREFIXES = ("val/", "test/", "train/", "memorization/")
+"""Result keys a trial reports (with "rung" and "step"), as opposed to what Tune adds."""
+
+
+def restore_asha(tuner: Any, space: SearchSpace, run_dir: Path) -> None:
+    """Give a resumed search ASHA's state of before the interruption.
+
+    Tune keeps no scheduler state across a resume: Tuner.restore takes the scheduler pickled in tuner.pkl when
+    the search was built, with empty rungs, so the first trials to reach each rung after a resume would always
+    go on. Its rungs are rebuilt here from every result the trials recorded (search.asha.recorded_results).
+    A trial ASHA stopped is PRUNED in the study at once, but Tune's last experiment snapshot may still hold it
+    RUNNING and would start it again: its directory gets STOPPED_MARKER, and the trainable then returns at once.
+    """
+    from search.asha import recorded_results
+    from search.optuna_bridge import RAY_TRIAL_ID_ATTR
+    from trainables.tune_trainable import STOPPED_MARKER
+
+    import json
+
+    results = recorded_results(run_dir / TUNE_DIR)
+    study = optuna.load_study(study_name=space.name, storage=open_study_storage(run_dir / OPTUNA_DB))
+    stopped: set[str] = set()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)):
+        ray_id = trial.user_attrs.get(RAY_TRIAL_ID_ATTR)
+        if not ray_id or not results.get(ray_id):
+            continue  # never reported: nothing Tune could restart it from
+        stopped.add(str(ray_id))
+        # Its last result: the trainable reports it again instead of training (Tune expects a result with the
+        # search's metrics from every trial that runs), and the scheduler answers it STOP.
+        last = {k: v for k, v in results[ray_id][-1].items() if k in ("rung", "step") or k.startswith(REPORTED_PREFIXES)}
+        marker = run_dir / TRIALS_DIR / str(ray_id) / STOPPED_MARKER
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(last))
+    scheduler = getattr(getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None), "scheduler", None)
+    if not hasattr(scheduler, "restore_rungs"):
+        if space.asha.enabled:
+            print("warning: ASHA's rungs could not be restored (no scheduler found in the restored Tuner)", file=sys.stderr)
+        return
+    restored = scheduler.restore_rungs(results, stopped=stopped)
+    print(f"ASHA: {restored} rung record(s) restored from the recorded results", file=sys.stderr, flush=True)
 
 
 STORAGE_OPEN_ATTEMPTS = 5
@@ -269,16 +351,17 @@ def cut_off_trials(space: SearchSpace, run_dir: Path) -> set[str]:
     return {t.user_attrs[RAY_TRIAL_ID_ATTR] for t in running if RAY_TRIAL_ID_ATTR in t.user_attrs}
 
 
-def space_exhausted(space: SearchSpace, run_dir: Path) -> bool:
-    """Whether every parameter combination of a finite space ran in the study (the searcher then ends the
-    search before num_samples trials; that is a finished search, not an interrupted one)."""
+def space_exhausted(space: SearchSpace, run_dir: Path, *, retry_failed: bool = False) -> bool:
+    """Whether every parameter combination of a finite space ran (or FAILed, unless `retry_failed`) in the study
+    (the searcher then ends the search before num_samples trials; that is a finished search, not an interrupted
+    one)."""
     from search.optuna_bridge import TrainingKey, finite_combinations, untried
 
     combinations = finite_combinations(space)
     if combinations is None:
         return False
     study = optuna.load_study(study_name=space.name, storage=open_study_storage(run_dir / OPTUNA_DB))
-    return not untried(combinations, study, TrainingKey(space))
+    return not untried(combinations, study, TrainingKey(space), retry_failed=retry_failed)
 
 
 def trial_records(result_grid, cut_off: frozenset[str] | set[str] = frozenset()) -> list[dict[str, Any]]:
@@ -334,8 +417,17 @@ def _check_cluster_fits(space: SearchSpace, address: Optional[str]) -> None:
     print(f"warning: {message}; trials wait until the autoscaler adds such nodes", file=sys.stderr, flush=True)
 
 
-def run_search(space: SearchSpace, run_dir: Path, *, resume: bool, address: Optional[str]) -> SearchOutcome:
-    """Run (or resume) the search to completion, or until Ctrl-C; always writes the tables."""
+def run_search(
+    space: SearchSpace, run_dir: Path, *, resume: bool, address: Optional[str], retry_failed: bool = False
+) -> SearchOutcome:
+    """Run (or resume) the search to completion, or until Ctrl-C; always writes the tables. `retry_failed`
+    (`--retry-failed`): configurations whose trial FAILed may be proposed and trained again."""
+    from search.optuna_bridge import RETRY_FAILED_ENV
+
+    if retry_failed:
+        os.environ[RETRY_FAILED_ENV] = "1"  # read by the searcher at every proposal, also once Tune restored it
+    else:
+        os.environ.pop(RETRY_FAILED_ENV, None)
     _connect(address)
     _check_cluster_fits(space, address)
     tuner = build_tuner(space, run_dir, resume=resume)
@@ -348,7 +440,7 @@ def run_search(space: SearchSpace, run_dir: Path, *, resume: bool, address: Opti
     for r in records:
         state = trial_row(r, num_rungs=space.num_rungs, objectives=[o.metric for o in space.objectives])["state"]
         states[state] = states.get(state, 0) + 1
-    exhausted = len(records) < space.num_samples and space_exhausted(space, run_dir)
+    exhausted = len(records) < space.num_samples and space_exhausted(space, run_dir, retry_failed=retry_failed)
     interrupted = bool(states.get("UNFINISHED")) or (len(records) < space.num_samples and not exhausted)
     # Release the Tuner (and its W&B callback) while ray is still importable: left to interpreter
     # shutdown, the callback's __del__ finds the ray module gone and prints a traceback.

@@ -101,12 +101,12 @@ def test_resume_claims_trials_asked_after_the_last_checkpoint(tmp_path):
     again = restored.suggest("t9")  # Tune's next new trial takes over the orphaned Optuna trial 2
     assert again["optuna_trial"] == 2
     nxt = restored.suggest("t10")
-    # The restored sampler's RNG replays its draws from the checkpoint on, so Optuna trial 3 repeats trial
-    # 2's parameters: it is told as a repeat of the running trial 2 (FAIL), never run; trial 4 runs.
-    assert nxt["optuna_trial"] == 4
+    # The restored sampler's RNG replays its draws from the checkpoint on, so its next proposal repeats trial
+    # 2's parameters: it is answered from the running trial 2 and adds no study trial; trial 3 runs.
+    assert nxt["optuna_trial"] == 3
     trials = restored.study.get_trials(deepcopy=False)
-    assert len(trials) == 5
-    assert trials[3].user_attrs["duplicate_of"] == 2 and trials[3].state == TrialState.FAIL
+    assert len(trials) == 4
+    assert restored.study.user_attrs["repeats"] == {"2": 1}
     assert trials[1].values == [0.3, 0.4]
     assert trials[2].user_attrs["ray_trial_id"] == "t9"
 
@@ -189,27 +189,43 @@ def _grid_searcher(tmp_path: Path, seed: int = 0) -> PrunedAwareOptunaSearch:
     )
 
 
-def test_repeated_proposals_are_answered_from_the_earlier_run_not_run_again(tmp_path):
-    searcher = _grid_searcher(tmp_path)
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_one_study_trial_per_trained_configuration_repeats_are_counted_not_added(tmp_path, sampler):
+    """A search with more samples (30) than the 12-point grid has combinations: every configuration is one study
+    trial, repeated proposals add none (no COMPLETE copy for TPE's density, startup_trials or the dashboard) and
+    are counted on the trial that ran them; the search ends once every combination ran."""
+    from collections import Counter
+
+    from ray.tune.search import Searcher
+
+    from search.optuna_bridge import repeat_counts
+    from search.tuner import tpe_sampler
+
+    space = load_space(ROOT / "spaces" / "smollm2-grid.yaml")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    chosen = optuna.samplers.RandomSampler(seed=0) if sampler == "random" else tpe_sampler(0, startup_trials=3)
+    searcher = PrunedAwareOptunaSearch(space, sampler=chosen, storage=storage, study_name="grid")
     runs = []
-    for i in range(12):  # baseline, paper (a grid point), 10 searched: all but one of the 12 grid points
+    for i in range(30):
         config = searcher.suggest(f"t{i}")
-        runs.append((config["alpha"], config["tap_layer"]))
+        if config == Searcher.FINISHED:
+            break
+        runs.append((config["role"], config["alpha"], config["tap_layer"]))
         # Even trials finish, odd ones are stopped at rung 1.
-        result = _result(3, 0.1 * i, 0.05 * i) if i % 2 == 0 else _result(1)
-        searcher.on_trial_complete(f"t{i}", {**result, "val/pass@10(10)": 0.05 * i})
-    searched = runs[1:]  # the paper's point is a grid point too
-    assert len(set(searched)) == len(searched), runs
+        result = _result(3, 0.01 * i, 0.005 * i) if i % 2 == 0 else _result(1)
+        searcher.on_trial_complete(f"t{i}", {**result, "val/pass@10(10)": 0.005 * i})
+    # Baseline + the 12 grid points (the paper's setting is one of them), each run once, then the search ends.
+    assert len(runs) == 13 and len(set(runs)) == 13, runs
 
     trials = searcher.study.get_trials(deepcopy=False)
-    repeats = [t for t in trials if "duplicate_of" in t.user_attrs]
-    assert repeats, "a random sampler drawing 10 of 11 untried points repeats itself"
-    for repeat in repeats:
-        twin = trials[repeat.user_attrs["duplicate_of"]]
-        assert "duplicate_of" not in twin.user_attrs and twin.params == repeat.params
-        assert repeat.state == twin.state and repeat.values == twin.values
-        assert "ray_trial_id" not in repeat.user_attrs  # no Tune trial ran it
-    assert sum("ray_trial_id" in t.user_attrs for t in trials) == 12
+    per_configuration = Counter(tuple(sorted(t.params.items())) for t in trials)
+    assert len(trials) == 13 and max(per_configuration.values()) == 1, per_configuration
+    assert all("ray_trial_id" in t.user_attrs and "duplicate_of" not in t.user_attrs for t in trials)
+    repeats = repeat_counts(searcher.study)
+    assert sum(repeats.values()) > 0, "a sampler drawing 12 points of 12 repeats itself"
+    assert all(0 <= number < 13 and trials[number].params for number in repeats)
+    assert searcher.suggest("again") == Searcher.FINISHED
+    assert len(searcher.study.get_trials(deepcopy=False)) == 13
 
 
 def test_finite_combinations_of_a_space(tmp_path):
@@ -282,6 +298,104 @@ def test_a_converged_sampler_on_a_finite_space_runs_untried_combinations_then_th
     assert searcher.suggest("again") == Searcher.FINISHED
     assert len(searcher.study.get_trials(deepcopy=False)) == len(trials)  # no told repeats once exhausted
     assert space_exhausted(space, tmp_path)  # what `ibft tune` reads to call the search finished, not interrupted
+
+
+@pytest.mark.parametrize("retry", [False, True])
+def test_a_failed_configuration_is_answered_from_its_failure_unless_retry_failed(tmp_path, monkeypatch, retry):
+    """A configuration whose trial FAILed (errored after Tune's max_failures retries, or NaN) is not trained again:
+    the sampler's next proposals of it are answered from the failure, without a study trial; with
+    `ibft tune --retry-failed` (IBFT_RETRY_FAILED=1 in the driver) it runs again."""
+    from search.optuna_bridge import RETRY_FAILED_ENV, repeat_counts
+    from search.tuner import space_exhausted
+
+    if retry:
+        monkeypatch.setenv(RETRY_FAILED_ENV, "1")
+    else:
+        monkeypatch.delenv(RETRY_FAILED_ENV, raising=False)
+    space = load_space(ROOT / "spaces" / "smollm2-grid.yaml")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher = PrunedAwareOptunaSearch(space, sampler=_StuckSampler(), storage=storage, study_name=space.name)
+    for i in range(2):  # baseline, paper
+        searcher.suggest(f"t{i}")
+        searcher.on_trial_complete(f"t{i}", {**_result(3, 0.1, 0.1), "val/pass@10(10)": 0.1})
+    stuck = searcher.suggest("t2")  # the point the stuck sampler always proposes
+    searcher.on_trial_complete("t2", _result(3), error=True)  # e.g. out of memory, after max_failures retries
+    assert searcher.study.get_trials(deepcopy=False)[2].state == TrialState.FAIL
+    nxt = searcher.suggest("t3")
+    same = (nxt["alpha"], nxt["tap_layer"]) == (stuck["alpha"], stuck["tap_layer"])
+    trials = searcher.study.get_trials(deepcopy=False)
+    assert len(trials) == 4
+    if retry:
+        assert same and not repeat_counts(searcher.study)
+    else:
+        assert not same and trials[3].user_attrs.get("untried_pick")
+        assert repeat_counts(searcher.study) == {2: 20}  # every proposal of it answered from trial 2's failure
+    # A finite space whose only untried point failed is exhausted, unless failed points may run again.
+    for i in range(4, 30):
+        config = searcher.suggest(f"t{i}")
+        if config == "FINISHED":
+            break
+        searcher.on_trial_complete(f"t{i}", {**_result(3, 0.1, 0.1), "val/pass@10(10)": 0.1})
+    assert space_exhausted(space, tmp_path, retry_failed=retry)
+    failed_runs = sum(
+        t.state == TrialState.FAIL or (t.params.get("alpha"), t.params.get("tap_layer")) == (stuck["alpha"], stuck["tap_layer"])
+        for t in searcher.study.get_trials(deepcopy=False)
+    )
+    assert failed_runs == (2 if retry else 1)
+
+
+def _gap_space(tmp_path: Path, objectives: list[dict]):
+    import yaml
+
+    from search.space import load_space as load
+
+    doc = yaml.safe_load((ROOT / "spaces" / "smoke.yaml").read_text())
+    doc["objectives"] = objectives
+    (tmp_path / "gap.yaml").write_text(yaml.safe_dump(doc))
+    return load(tmp_path / "gap.yaml")
+
+
+def test_a_final_rung_objective_passes_tunes_metric_check_and_is_told_from_the_final_result(tmp_path):
+    """memorization/gap as a third objective: Tune's own strict check (TuneController._validate_result_metrics,
+    called here as Tune calls it on each result) accepts a rung-1 result without it; the study gets the gap of
+    the final result as the third value, and a final result without one is FAIL, never a made-up value."""
+    from types import SimpleNamespace
+
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.search import SearchGenerator
+
+    from search.asha import make_scheduler
+    from search.optuna_bridge import RungMetricsLimiter
+
+    gap = {"metric": "memorization/gap", "mode": "min"}
+    space = _gap_space(tmp_path, [{"metric": "val/pass@1"}, {"metric": "val/pass@2(2)"}, gap])
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher = PrunedAwareOptunaSearch(space, sampler=optuna.samplers.RandomSampler(seed=0), storage=storage, study_name="gap")
+    limiter = RungMetricsLimiter(searcher, max_concurrent=2, every_rung=space.rung_objectives())
+    assert limiter.metric == ["val/pass@1", "val/pass@2(2)"] and searcher.metric[-1] == "memorization/gap"
+    controller = SimpleNamespace(_metric=None, _scheduler_alg=make_scheduler(space), _search_alg=SearchGenerator(limiter))
+    check = lambda result: TuneController._validate_result_metrics(controller, result)  # noqa: E731
+    check({**_result(1), "train/ce_loss_rung": 2.0})  # rung 1: no gap yet, and no error
+    with pytest.raises(ValueError, match="val/pass@1"):
+        check({"rung": 1, "val/pass@2(2)": 0.0, "train/loss": 1.0})  # a per-rung objective missing is still caught
+
+    for i in range(2):
+        limiter.suggest(f"t{i}")
+        limiter.on_trial_result(f"t{i}", _result(1))
+    limiter.on_trial_complete("t0", {**_result(2, 0.5, 0.25), "memorization/gap": 12.5})
+    limiter.on_trial_complete("t1", _result(2, 0.5, 0.25))  # finished without its gap
+    trials = searcher.study.get_trials(deepcopy=False)
+    assert trials[0].state == TrialState.COMPLETE and trials[0].values == [0.5, 0.25, 12.5]
+    assert trials[1].state == TrialState.FAIL and trials[1].values is None
+
+    # The gap as the only objective: Tune checks nothing per result, the searcher reports no intermediate value.
+    alone = _gap_space(tmp_path, [gap])
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'alone.db'}")
+    single = PrunedAwareOptunaSearch(alone, sampler=optuna.samplers.RandomSampler(seed=0), storage=storage, study_name="alone")
+    assert RungMetricsLimiter(single, max_concurrent=1, every_rung=alone.rung_objectives()).metric is None
+    single.suggest("s0")
+    single.on_trial_result("s0", {**_result(1), "training_iteration": 1})
+    assert single.study.get_trials(deepcopy=False)[0].intermediate_values == {}
 
 
 def test_twin_rules_on_hand_made_trials():
@@ -413,3 +527,35 @@ def test_a_searcher_pickled_before_the_ib_semantics_existed_resumes_with_legacy(
     new_key = TrainingKey(space)
     assert new_key(params, {}) != restored._key(params, {})  # mean/raw today is not the legacy sum/rms_norm
     assert dict(new_key(params, {"preset": {**params, **LEGACY_SEMANTICS}})) == dict(restored._key(params, old_preset))
+
+
+@pytest.mark.parametrize("space_file", ["origen.yaml", "evol-codealpaca.yaml"])
+def test_the_paper_trial_of_a_paper_space_is_a_point_of_its_grid(tmp_path, space_file):
+    """Every searched parameter of the paper trial is an Optuna parameter (origen's beta 0.02 among the choices),
+    so TPE's group decomposition keeps it in the same group as the search trials."""
+    space = load_space(ROOT / "spaces" / space_file)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher = PrunedAwareOptunaSearch(space, sampler=optuna.samplers.RandomSampler(seed=0), storage=storage, study_name="p")
+    searcher.suggest("t0")
+    paper = searcher.suggest("t1")
+    assert paper["role"] == "paper"
+    frozen = searcher.study.get_trials(deepcopy=False)[1]
+    assert set(frozen.params) == set(space.params.domains()) == {"alpha", "beta", "tap_layer"}
+    assert frozen.params["beta"] == space.paper_params()["beta"]
+
+
+def test_a_sampler_learning_from_stopped_trials_sees_their_last_rung_values_the_study_keeps_them_pruned(tmp_path):
+    from search.optuna_bridge import RUNG_VALUES_ATTR, _scratch_copy
+
+    searcher = _searcher(tmp_path)
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+    searcher.on_trial_complete("t0", _result(2, 0.5, 0.25))
+    searcher.on_trial_complete("t1", _result(1, 0.75, 0.5))  # stopped by ASHA at rung 1
+    searcher.on_trial_complete("t2", None)  # removed before it reported: nothing to learn
+    trials = searcher.study.get_trials(deepcopy=False)
+    assert trials[1].state == TrialState.PRUNED and trials[1].user_attrs[RUNG_VALUES_ATTR] == [0.75, 0.5]
+    assert RUNG_VALUES_ATTR not in trials[2].user_attrs
+    seen = {t.number: (t.state, t.values) for t in _scratch_copy(searcher.study, learn_from_stopped=True).get_trials()}
+    assert seen == {0: (TrialState.COMPLETE, [0.5, 0.25]), 1: (TrialState.COMPLETE, [0.75, 0.5]), 2: (TrialState.PRUNED, None)}
+    assert _scratch_copy(searcher.study).get_trials()[1].state == TrialState.PRUNED  # the default: as the study says

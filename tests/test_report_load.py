@@ -235,7 +235,7 @@ def test_ray_results_alone_tell_which_trials_reported_their_last_rung(tmp_path):
 def test_repeats_answered_from_earlier_runs_are_counted_not_shown_as_trials(tmp_path):
     import optuna
 
-    from search.optuna_bridge import tell_as_duplicate, twin_of
+    from search.optuna_bridge import ask_untrained, tell_as_duplicate, twin_of
 
     run_dir = fixture.write_run(tmp_path / "run")
     before_run = load_run(run_dir)
@@ -243,6 +243,18 @@ def test_repeats_answered_from_earlier_runs_are_counted_not_shown_as_trials(tmp_
     study = optuna.load_study(study_name="fixture", storage=f"sqlite:///{run_dir / 'optuna.db'}")
     twin_number = before.front[-1].number  # a completed search trial on the front
     twin = study.get_trials(deepcopy=False)[twin_number]
+    trials_before = len(study.get_trials(deepcopy=False))
+
+    # Today's searcher: the repeat proposal is answered from the twin and adds no study trial.
+    class Repeating(optuna.samplers.RandomSampler):
+        def sample_independent(self, study, trial, name, distribution):
+            return twin.params[name]
+
+    study.sampler = Repeating(seed=0)
+    define = lambda t: {n: t._suggest(n, d) for n, d in twin.distributions.items()}  # noqa: E731
+    assert ask_untrained(study, define, max_asks=1) is None
+    assert len(study.get_trials(deepcopy=False)) == trials_before and study.user_attrs["repeats"] == {str(twin_number): 1}
+    # A run recorded before that kept its repeat as a trial marked duplicate_of.
     study.enqueue_trial(twin.params)
     repeat = study.ask(twin.distributions)
     tell_as_duplicate(study, repeat, twin_of(study, repeat))
@@ -250,10 +262,10 @@ def test_repeats_answered_from_earlier_runs_are_counted_not_shown_as_trials(tmp_
     after_run = load_run(run_dir)
     after = analyse(after_run)
     assert [(t.trial_id, t.state) for t in after_run.trials] == [(t.trial_id, t.state) for t in before_run.trials]
-    assert after.savings.repeats_answered == 1 and before.savings.repeats_answered == 0
+    assert after.savings.repeats_answered == 2 and before.savings.repeats_answered == 0
     assert after.importances == before.importances  # the repeat's values do not count twice
     write_report(run_dir, tmp_path / "report", png=False)
-    assert "1 proposal(s) of an already-run configuration were answered" in (tmp_path / "report" / "summary.md").read_text()
+    assert "2 proposal(s) of an already-run configuration were answered" in (tmp_path / "report" / "summary.md").read_text()
 
 
 def test_a_space_preset_is_marked_and_labelled_like_the_baseline_and_paper(tmp_path, monkeypatch):

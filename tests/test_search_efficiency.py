@@ -150,7 +150,9 @@ def test_asha_replay_stops_the_trials_a_hand_computation_says(tmp_path):
         (0, "COMPLETE", 3), (1, "PRUNED", 1), (2, "PRUNED", 2), (3, "PRUNED", 1)
     ]
     assert replay.spent == 56
-    assert told == [("COMPLETE", [0.3, 0.4]), ("PRUNED", None), ("PRUNED", None), ("PRUNED", None)]
+    # A stopped trial is told with its last rung's values (a proposer may learn from them: learn_from_stopped).
+    last_rung = [[curves.configs[c].rungs[r - 1][m] for m in curves.objectives] for c, r in ((1, 1), (2, 2), (3, 1))]
+    assert told == [("COMPLETE", [0.3, 0.4])] + [("PRUNED", v) for v in last_rung]
     assert replay.completions == [(24, (0.3, 0.4))]
     # Without the tie break c3 ties the cutoff 0.2 exactly and goes on (Ray stops only strictly below).
     curves.asha["tie_break"] = "none"

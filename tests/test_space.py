@@ -41,7 +41,10 @@ def test_paper_spaces_use_the_paper_grids_and_zero2_on_gpus():
     for name, beta in (("origen", 0.02), ("evol-codealpaca", 0.01)):
         space = load_space(ROOT / "spaces" / f"{name}.yaml")
         assert space.params.alpha == Domain(choices=[0.01, 0.05, 0.1, 0.5, 1.0])
-        assert space.params.beta == Domain(choices=[0.001, 0.01, 0.05, 0.1])
+        # The paper's beta grid, plus the space's paper beta where the grid lacks it (origen's 0.02): the paper
+        # trial's beta is then an Optuna parameter like every other trial's, keeping TPE's parameter groups whole.
+        assert space.params.beta == Domain(choices=sorted({0.001, 0.01, 0.05, 0.1, beta}))
+        assert beta in space.params.beta.choices
         assert space.params.tap_layer == Domain(choices=[10, 15, 20, 25])
         assert space.deepspeed.enabled and space.deepspeed.zero_stage == 2
         assert space.resources.gpus_per_worker >= 1
@@ -165,6 +168,7 @@ BROKEN = [
      ["presets.x.kl_reduction", "'avg'", "mean, sum"]),
     ("presets.x", {"alpha": 0.1, "beta": 0.01, "tap_layer": 2, "encoder_input": "ln"},
      ["presets.x.encoder_input", "'ln'", "raw, rms_norm"]),
+    ("resources.workers", 3, ["validation.tasks 2 is fewer than resources.workers 3", "at least one task"]),
 ]
 
 

@@ -180,24 +180,40 @@ def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path):
         kill_group(proc)  # then the Ray processes it had started
     before = _finished_trials(db)
     assert before
+    stopped = {
+        t.user_attrs["ray_trial_id"]: _rungs_reported(run_dir, t.user_attrs["ray_trial_id"])
+        for t in _study(run_dir, "killed").get_trials(deepcopy=False)
+        if t.state == TrialState.PRUNED and "ray_trial_id" in t.user_attrs
+    }
 
     resumed = start_tune(["--resume", str(run_dir)])
     code, out, err = finish_tune(resumed, timeout=1500)
     assert code == 0, err[-3000:]
+    # ASHA's rungs come back from the recorded results, and a trial it stopped never trains again.
+    assert "rung record(s) restored from the recorded results" in err
+    assert {t: _rungs_reported(run_dir, t) for t in stopped} == stopped
     everything = _study(run_dir, "killed").get_trials(deepcopy=False)
     # The restored sampler replays its draws from the last searcher checkpoint, so a proposal may repeat a
-    # configuration already run or running: it is answered from that run (duplicate_of), never run itself.
-    repeats = [t for t in everything if "duplicate_of" in t.user_attrs]
-    trials = {t.number: t for t in everything if "duplicate_of" not in t.user_attrs}
-    assert len(trials) == 4  # nothing asked twice
+    # configuration already run or running: it is answered from that run (counted in the study's `repeats`
+    # user attribute), never run itself, and adds no study trial.
+    trials = {t.number: t for t in everything}
+    assert len(trials) == 4  # nothing asked twice, no copies
     assert len({t.user_attrs["ray_trial_id"] for t in trials.values()}) == 4
     assert all(t.state.is_finished() for t in everything)
-    assert all("ray_trial_id" not in t.user_attrs and t.user_attrs["duplicate_of"] in trials for t in repeats)
+    assert all(int(n) in trials for n in (_study(run_dir, "killed").user_attrs.get("repeats") or {}))
     by_number = {t.number: t for t in everything}
     for number, (state, values) in before.items():
         assert (by_number[number].state.name, by_number[number].values) == (state, values)  # nothing lost or redone
     rows = read_trials_csv(run_dir / "trials.csv")
     assert sorted(r["optuna_trial"] for r in rows) == sorted(trials)
+
+
+def _rungs_reported(run_dir: Path, trial_id: str) -> list:
+    """The rungs a Tune trial reported, from its result.json."""
+    out = []
+    for path in (run_dir / "tune").glob(f"*{trial_id}*/result.json"):
+        out += [json.loads(line).get("rung") for line in path.read_text().splitlines() if line.strip()]
+    return out
 
 
 def test_ctrl_c_lists_cut_off_trials_as_unfinished_and_resume_finishes_them(tmp_path):
@@ -291,3 +307,29 @@ def test_a_finite_space_ends_once_every_combination_ran(tmp_path):
     assert sorted((r["role"], r["alpha"]) for r in rows) == [("baseline", 0.0), ("paper", 0.1), ("search", 0.3)]
     trials = _study(tmp_path / "runs" / "finite", "finite").get_trials(deepcopy=False)
     assert sum("ray_trial_id" in t.user_attrs for t in trials) == 3
+
+
+def test_memorization_gap_as_a_third_objective_runs_to_the_end(tmp_path):
+    """memorization/gap is measured only at a trial's final rung: as a third objective it must not stop the
+    search at the first rung (Tune's strict metric check), and the study gets it as the third value of every
+    COMPLETE trial, the one in trials.csv; a trial stopped before its final rung is PRUNED, with no made-up gap."""
+    objectives = [
+        {"metric": "val/pass@1", "mode": "max"},
+        {"metric": "val/pass@2(2)", "mode": "max"},
+        {"metric": "memorization/gap", "mode": "min"},
+    ]
+    space = smoke_space_file(tmp_path, num_samples=3, objectives=objectives)
+    proc = start_tune([str(space), "--name", "gap", "--storage-path", str(tmp_path / "runs")])
+    code, out, err = finish_tune(proc, timeout=1500)
+    assert code == 0, err[-3000:]
+    assert "SearchGenerator expects" not in err
+    rows = {r["optuna_trial"]: r for r in read_trials_csv(tmp_path / "runs" / "gap" / "trials.csv")}
+    trials = _study(tmp_path / "runs" / "gap", "gap").get_trials(deepcopy=False)
+    assert len(trials) == 3 and all(t.state.is_finished() for t in trials)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert complete, [t.state for t in trials]
+    for t in complete:
+        assert len(t.values) == 3 and t.values[2] == pytest.approx(rows[t.number]["memorization/gap"])
+    for t in trials:
+        if t.state.name == "PRUNED":
+            assert rows[t.number].get("memorization/gap") in (None, "")

@@ -1,6 +1,7 @@
 """`ibft tune SPACE.yaml`: run a hyperparameter search (Ray Tune + Optuna + ASHA), or resume one.
 
-The space file is validated before Ray starts (a bad file costs no cluster time). Ray's trial table and one
+The space file is validated before Ray starts (a bad file costs no cluster time), and a GPU space's per-GPU memory
+estimate is printed and checked against resources.gpu_memory_gib (search.memory_check). Ray's trial table and one
 line per ASHA decision go to stderr; at the end the Pareto front is printed as a table on stderr and the
 run's JSON summary on stdout. Ctrl-C, or SIGTERM (`ray job stop`, `kill`), stops cleanly: the run can be continued
 with --resume RUN_DIR.
@@ -27,6 +28,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--address", help="Ray cluster to join: 'auto' or HOST:PORT (default: start a local Ray cluster)"
     )
     parser.add_argument("--num-samples", type=int, help="override the space's num_samples (trials in the search)")
+    parser.add_argument(
+        "--skip-memory-check",
+        action="store_true",
+        help="start a GPU space even when the per-GPU memory estimate says a trial does not fit "
+        "resources.gpu_memory_gib (the estimate is printed either way)",
+    )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="train again configurations whose trial failed (errored after failure.max_failures retries, or "
+        "non-finite values); by default a proposal of one is answered from its failure",
+    )
 
 
 def resolve_run(args: argparse.Namespace):
@@ -57,6 +70,10 @@ def resolve_run(args: argparse.Namespace):
             f"--storage-path {args.storage_path!r}: give a directory on a filesystem shared by all nodes "
             "(e.g. an NFS/EFS mount); object-store URIs are not supported"
         )
+    from search.memory_check import check_space
+
+    # Before the run directory or Ray: a trial that cannot fit its GPUs costs nothing to find out about.
+    check_space(space, args.space, skip=getattr(args, "skip_memory_check", False))
     run_dir = Path(args.storage_path).resolve() / space.name
     prepare_run_dir(Path(args.space), run_dir)
     if args.num_samples is not None:
@@ -93,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     space, run_dir, resume = resolve_run(args)
     from search.tuner import run_search
 
-    outcome = run_search(space, run_dir, resume=resume, address=args.address)
+    outcome = run_search(space, run_dir, resume=resume, address=args.address, retry_failed=args.retry_failed)
     objectives = [o.metric for o in space.objectives]
     print_front(outcome["pareto"], objectives)
     emit_result(outcome)

@@ -204,7 +204,11 @@ def early_stopping_savings(run: RunData) -> Savings:
         seconds = sum(pace * (run.max_steps - t.steps) for t in stopped)
     repeats = 0
     if run.study is not None:
-        repeats = sum("duplicate_of" in t.user_attrs for t in run.study.get_trials(deepcopy=False))
+        # Proposals answered from an earlier run: the study's `repeats` user attribute ({trial number: count},
+        # search.optuna_bridge.REPEATS_ATTR), plus the `duplicate_of` trials older runs recorded them as.
+        counts = run.study.user_attrs.get("repeats") or {}
+        repeats = sum(int(v) for v in counts.values() if isinstance(v, (int, float)))
+        repeats += sum("duplicate_of" in t.user_attrs for t in run.study.get_trials(deepcopy=False))
     return Savings(
         trials_run=len(ran),
         trials_stopped=len(stopped),
