@@ -26,22 +26,22 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def all_reduce_sum(values: list[float]) -> list[float]:
-    """Element-wise sum of `values` over all ranks (the values themselves when not distributed)."""
+def _all_reduce(values: list[float], op: "dist.ReduceOp") -> list[float]:
     if not is_distributed() or world_size() == 1:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=_reduce_device())
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=op)
     return t.tolist()
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Element-wise sum of `values` over all ranks (the values themselves when not distributed)."""
+    return _all_reduce(values, dist.ReduceOp.SUM)
 
 
 def all_reduce_min(values: list[float]) -> list[float]:
     """Element-wise minimum of `values` over all ranks (the values themselves when not distributed)."""
-    if not is_distributed() or world_size() == 1:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=_reduce_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return t.tolist()
+    return _all_reduce(values, dist.ReduceOp.MIN)
 
 
 def barrier() -> None:
