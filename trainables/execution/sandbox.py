@@ -2,8 +2,10 @@
 
 Three steps:
 - `isolate_server()` runs once in a warm sandbox server: its own network namespace (loopback left
-  down, so nothing is reachable), a private mount namespace with fresh tmpfs over every
-  world-writable directory and the rest of the tree read-only, and child-subreaper status so that
+  down, so nothing is reachable), PID namespace (the server becomes its pid 1, with a fresh /proc)
+  and IPC namespace, a private mount namespace with fresh tmpfs over every world-writable directory
+  and every other mount read-only, per-sample memory and pids cgroups (`setup_cgroups`, made just
+  before), and child-subreaper status so that
   no descendant of a sample can escape the server's clean-up by daemonising. In that namespace the
   directories the interpreter imports from are made reachable for the unprivileged sample uid even
   below a directory it may not enter (an interpreter or checkout under a 0700 /root), without
@@ -42,6 +44,8 @@ REAL = types.SimpleNamespace(
 )
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY = 1
@@ -61,6 +65,7 @@ _KEPT_MOUNT_FLAGS = (
     (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME),
 )
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 
@@ -73,6 +78,15 @@ SAMPLE_UID_BASE = 200_000
 SAMPLE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
+NOT_CONTAINED = (
+    "host files: the sample sees the host's tree read-only, so a file whose mode lets any uid read it is "
+    "readable (ibft check hides its samples file and the dotfiles beside it, such as .env), and a Unix "
+    "socket file any uid may write accepts connections",
+    "Verilog: the design under test runs in the same simulator as its testbench and may read it ($fopen) "
+    "and print a forged report line; only Python verdicts are decided outside the sample's reach",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class SandboxLimits:
     """Per-sample resource limits; every value is enforced by the kernel, not by the sample."""
@@ -80,11 +94,12 @@ class SandboxLimits:
     timeout: float = 10.0
     """Wall-clock seconds a sample (or each Verilog step) may run before its processes are killed."""
     memory_bytes: int = 2 << 30
-    """Address-space limit (RLIMIT_AS) of each sample process (and of the server that forks it)."""
+    """Address-space limit (RLIMIT_AS) of each sample process (and of the server that forks it), and the
+    memory cgroup limit of all of a sample's processes together (tmpfs pages included) where cgroups exist."""
     file_size_bytes: int = 16 << 20
     """Largest file a sample may write (RLIMIT_FSIZE)."""
     max_processes: int = 32
-    """Processes a sample may have at once (RLIMIT_NPROC on its own uid)."""
+    """Processes a sample may have at once (RLIMIT_NPROC on its own uid, and its pids cgroup)."""
     max_open_files: int = 256
     """Open file descriptors per sample process (RLIMIT_NOFILE)."""
 
@@ -107,38 +122,82 @@ class Isolation:
     """Unprivileged uid of this server's samples; None when not root."""
     devnull_fd: int = -1
     """/dev/null opened once in the server, for the samples' standard streams."""
+    cgroup: str = "none (per-process RLIMIT_AS and per-uid RLIMIT_NPROC only)"
+    """The per-sample memory and process limit that covers all of a sample's processes."""
+    cgroup_paths: list = dataclasses.field(default_factory=list)
+    """Cgroup directories the caller removes once the server ended."""
+    pids_current_fd: int = -1
+    """pids.current of the sample's pids cgroup (read-only), or -1."""
+    cgroup_fds: list = dataclasses.field(default_factory=list)
+    """cgroup.procs of those cgroups, open for writing (each sample process joins them)."""
+    protected_pids: set = dataclasses.field(default_factory=set)
+    """The server's own helper processes (the test harness), never killed as a sample's leftovers."""
     block_sockets_in_process: bool = False
     """Fallback when no network namespace could be made."""
+    work_tmpfs: bool = False
+    """Whether the sample directory is a tmpfs of its own, replaced after each sample that wrote to it."""
+    shared_dirs: dict = dataclasses.field(default_factory=dict)
+    """Private world-writable tmpfs directories -> the entries the server put there (emptied of all
+    else after each sample)."""
+    ipc_namespace: bool = False
+    """Whether the server has its own IPC namespace (SysV objects removed after each sample)."""
+    pid_namespace: bool = False
+    """Whether the server is pid 1 of its own PID namespace with a fresh /proc."""
     weaknesses: list[str] = dataclasses.field(default_factory=list)
     """One line per protection the OS refused."""
+    not_contained: list[str] = dataclasses.field(default_factory=lambda: list(NOT_CONTAINED))
+    """What this sandbox does not contain even when everything is in place (docs/sandbox.md)."""
 
     def as_dict(self) -> dict:
         """Plain-dict form, as sent from the server to the caller."""
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("protected_pids", "cgroup_fds")}
 
 
-def isolate_server(use_namespaces: bool = True, switch_uid: bool = True) -> Isolation:
+def isolate_server(use_namespaces: bool = True, switch_uid: bool = True, cgroups: "Cgroups | None" = None,
+                   hide_paths=()) -> Isolation:
     """Put the calling (server) process into its own network and mount namespaces where allowed.
 
     `use_namespaces=False` / `switch_uid=False` give the fallback a machine without those
     permissions gets, so that path can be exercised (and reported) anywhere.
     """
     iso = Isolation()
+    if cgroups is not None:
+        iso.cgroup, iso.cgroup_paths, iso.cgroup_fds = cgroups.text, cgroups.paths, cgroups.procs_fds
+        iso.pids_current_fd = cgroups.pids_current_fd
+        if cgroups.weakness:
+            iso.weaknesses.append(cgroups.weakness)
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     is_root = os.geteuid() == 0 and switch_uid
     # Resolved before any mount hides them: what the samples' interpreter reads to import modules.
     imports = ImportPaths.of_this_interpreter()
-    namespaces = use_namespaces and _unshare(CLONE_NEWNET | CLONE_NEWNS)
+    outer_pid = os.getpid()  # a pid of the caller's namespace: it keeps concurrent servers' uids apart
+    namespaces = use_namespaces and _unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC)
+    if namespaces:
+        iso.ipc_namespace = iso.pid_namespace = True
+    else:
+        namespaces = use_namespaces and _unshare(CLONE_NEWNET | CLONE_NEWNS)
+        if namespaces:
+            iso.weaknesses.append(
+                "no PID/IPC namespace (unshare refused): samples see every host process in /proc and "
+                "share SysV IPC with the host"
+            )
     if use_namespaces and not namespaces and not is_root:
         namespaces = _enter_user_namespace()
+        if namespaces:
+            iso.ipc_namespace = iso.pid_namespace = True
         if namespaces:
             iso.weaknesses.append(
                 "user-namespace fallback (not root): samples hold capabilities inside that namespace and "
                 "could undo its read-only remount, exposing files the caller can write"
             )
+    if iso.pid_namespace:
+        _become_pid_one(iso.cgroup_paths)
     if namespaces:
         iso.network = "own network namespace (no interfaces up)"
         iso.filesystem = _private_filesystem(iso, imports, expose_to_other_uid=is_root)
+        hidden = _hide(iso, hide_paths)
+        if hidden:
+            iso.filesystem += f", {hidden} host file(s) hidden (the samples file and the dotfiles beside it)"
     else:
         iso.block_sockets_in_process = True
         iso.network = "in-process socket blocking only (no network namespace)"
@@ -155,7 +214,7 @@ def isolate_server(use_namespaces: bool = True, switch_uid: bool = True) -> Isol
         if is_root:
             _report_unreachable_imports(iso, imports, "there is no private mount namespace to expose them in")
     if is_root:
-        iso.sample_uid = SAMPLE_UID_BASE + os.getpid()
+        iso.sample_uid = SAMPLE_UID_BASE + outer_pid
         iso.user = f"unprivileged uid {iso.sample_uid} per sample server"
         REAL.chmod(iso.sample_root, 0o711)
     else:
@@ -172,9 +231,37 @@ def _unshare(flags: int) -> bool:
     return _libc.unshare(flags) == 0
 
 
+def _become_pid_one(cgroup_paths=()) -> None:
+    """After unshare(CLONE_NEWPID): fork; the child is pid 1 of the new namespace and carries on as the
+    server; this (outer) process only waits for it and exits with its status, so the caller's
+    handle on the server (pipes, process group, kill) still works."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(write_end)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the caller killing its server kills the namespace
+        if os.read(read_end, 1) != b"x":  # the waiter died before the line above took effect
+            REAL.exit(1)
+        os.close(read_end)
+        return
+    os.close(read_end)
+    os.write(write_end, b"x")
+    os.close(write_end)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    # The namespace is gone with its pid 1: remove the per-sample cgroups even when the caller
+    # never closed its server (it exited first).
+    remove_cgroups(cgroup_paths)
+    REAL.exit(os.waitstatus_to_exitcode(status) & 0xFF if os.WIFEXITED(status) else 1)
+
+
 def _enter_user_namespace() -> bool:
     uid, gid = os.getuid(), os.getgid()
-    if not _unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS):
+    if not _unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC):
         return False
     try:
         with open("/proc/self/setgroups", "w") as f:
@@ -199,16 +286,38 @@ def _private_filesystem(iso: Isolation, imports: "ImportPaths", expose_to_other_
             # An interpreter or checkout inside one (a CI clone in /tmp) is put back, read-only.
             keep = [p for p in imports.paths if _is_below(p, path)]
             keep = [p for p in keep if not any(_is_below(p, q) for q in keep)]
-            failure = _cover(path, keep, imports.links, b"size=512m,mode=1777", read_only=False)
+            failure = _cover(path, keep, imports.links, SHARED_TMPFS_OPTIONS, read_only=False)
             if failure:
                 iso.weaknesses.append(f"could not set up a private tmpfs on {path}: {failure}")
+            else:
+                iso.shared_dirs[path] = sorted(os.listdir(path))
+    if iso.pid_namespace:
+        if _libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
+            iso.weaknesses.append("could not mount a fresh /proc for the PID namespace: " + _errno_text()
+                                  + ": samples see every host process")
     root = "/tmp/ibft-samples"
     os.makedirs(root, exist_ok=True)
+    os.chmod(root, 0o711)
+    if "/tmp" in iso.shared_dirs:
+        iso.shared_dirs["/tmp"] = sorted({*iso.shared_dirs["/tmp"], "ibft-samples"})
+    iso.work_tmpfs = True
     iso.sample_root = root
     text = "read-only root, private tmpfs over world-writable directories"
     if _libc.mount(b"/", b"/", None, MS_BIND | MS_REMOUNT | MS_RDONLY, None) != 0:
         iso.weaknesses.append("could not remount / read-only in the sandbox: " + _errno_text())
         text = "private tmpfs over world-writable directories"
+    if _libc.mount(b"/", b"/", None, MS_BIND | MS_REMOUNT | MS_RDONLY, None) == 0:
+        # The hierarchies of the per-sample cgroups stay writable (root-owned files the sample uid
+        # cannot write), so the server's waiting parent can remove its cgroups.
+        cgroup_roots = _hierarchy_roots(iso.cgroup_paths)
+        left = _remount_all_read_only(keep_writable=set(iso.shared_dirs) | cgroup_roots)
+        if left:
+            iso.weaknesses.append("could not remount read-only: " + ", ".join(left[:8])
+                                  + (f" and {len(left) - 8} more" if len(left) > 8 else ""))
+        else:
+            text += ", every other mount read-only too" + (
+                f" (but the cgroup hierarch{'y' if len(cgroup_roots) == 1 else 'ies'} {', '.join(sorted(cgroup_roots))}:"
+                " root-owned files)" if cgroup_roots else "")
     if expose_to_other_uid:
         covered = expose_import_paths(iso, imports)
         if covered:
@@ -455,8 +564,8 @@ def _make_dirs(top: str, path: str) -> None:
         os.chmod(path, 0o711)
 
 
-def _remount_read_only(path: str) -> bool:
-    flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV
+def _remount_read_only(path: str, extra: int = MS_NOSUID | MS_NODEV) -> bool:
+    flags = MS_REMOUNT | MS_BIND | MS_RDONLY | extra
     try:
         current = os.statvfs(path).f_flag
     except OSError:
@@ -482,6 +591,175 @@ def _mount_points_below(trees: list[str]) -> list[str]:
             if any(_is_below(point, tree) for tree in trees):
                 found.append(point)
     return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-sample memory and process limits (cgroups)
+
+
+@dataclasses.dataclass
+class Cgroups:
+    """The cgroup(s) every process of a sample joins: one per server, and a server runs one sample at a
+    time, so the limits are per sample. Made in the caller's namespaces before isolation."""
+
+    paths: list[str] = dataclasses.field(default_factory=list)
+    """Cgroup directories to remove once the server has ended (by the caller)."""
+    procs_fds: list[int] = dataclasses.field(default_factory=list)
+    """Their cgroup.procs, open for writing: a sample process writes "0" (itself) before dropping root."""
+    pids_current_fd: int = -1
+    """The pids cgroup's pids.current, open for reading (no leftover to look for when it reads 0)."""
+    mounts: set = dataclasses.field(default_factory=set)
+    """Mount points of those hierarchies, left writable (root-owned files; samples cannot write them)."""
+    text: str = "none (per-process RLIMIT_AS and per-uid RLIMIT_NPROC only)"
+    weakness: str = ""
+
+
+def setup_cgroups(limits: "SandboxLimits", name: str) -> Cgroups:
+    """`_setup_cgroups`, whose unexpected failure is a reported weakness, never a failed start."""
+    try:
+        return _setup_cgroups(limits, name)
+    except Exception as e:
+        return Cgroups(weakness=f"no per-sample cgroup ({type(e).__name__}: {e}): memory is limited per process "
+                                "(RLIMIT_AS) only")
+
+
+def _setup_cgroups(limits: "SandboxLimits", name: str) -> Cgroups:
+    """A memory cgroup (limit: limits.memory_bytes for all of a sample's processes together, tmpfs
+    pages included) and a pids cgroup (limits.max_processes). cgroup v1 or v2, whichever has the
+    controllers; what is missing is reported as a weakness."""
+    cg = Cgroups()
+    if os.geteuid() != 0:
+        cg.weakness = ("no per-sample cgroup (not root): memory is limited per process (RLIMIT_AS), so a "
+                       f"sample's {limits.max_processes} processes together may use that many times more")
+        return cg
+    own = _own_cgroups()
+    made = []
+    for controller, settings in (
+        ("memory", {"memory.limit_in_bytes": limits.memory_bytes, "memory.max": limits.memory_bytes,
+                    "memory.swap.max": 0}),
+        ("pids", {"pids.max": limits.max_processes}),
+    ):
+        for root, relative in ((f"/sys/fs/cgroup/{controller}", own.get(controller)), ("/sys/fs/cgroup", own.get(""))):
+            if relative is None or not os.path.isdir(root):
+                continue
+            if root == "/sys/fs/cgroup" and controller not in _read(os.path.join(root, "cgroup.controllers")):
+                continue
+            path = os.path.join(root + relative, name)
+            try:
+                os.makedirs(path, exist_ok=True)
+                written = False
+                for key, value in settings.items():
+                    try:
+                        with open(os.path.join(path, key), "w") as f:
+                            f.write(str(value))
+                        written = written or key != "memory.swap.max"
+                    except OSError:
+                        pass
+                if not written:
+                    raise OSError(f"no {controller} limit file in {path}")
+                fd = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+            except OSError:
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass
+                continue
+            cg.paths.append(path)
+            cg.procs_fds.append(fd)
+            if controller == "pids":
+                try:
+                    cg.pids_current_fd = os.open(os.path.join(path, "pids.current"), os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    pass
+            cg.mounts.add(root)
+            made.append(controller)
+            break
+    if made:
+        cg.text = " and ".join(
+            {"memory": f"memory {limits.memory_bytes >> 20} MiB", "pids": f"{limits.max_processes} processes"}[c]
+            for c in made) + " per sample (cgroup: " + ", ".join(cg.paths) + ")"
+    missing = [c for c in ("memory", "pids") if c not in made]
+    if missing:
+        cg.weakness = (f"no per-sample {' or '.join(missing)} cgroup could be made: "
+                       + ("memory is limited per process (RLIMIT_AS) only, so a sample's processes together may "
+                          "use a multiple of it" if "memory" in missing else "processes are limited per uid"))
+    return cg
+
+
+def _own_cgroups() -> dict[str, str]:
+    """controller -> this process's cgroup path in that hierarchy ("" for the v2 unified one)."""
+    found = {}
+    for line in _read("/proc/self/cgroup").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            for controller in parts[1].split(",") if parts[1] else [""]:
+                found[controller] = parts[2]
+    return found
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def remove_cgroups(paths) -> None:
+    """Remove the server's cgroups (call once all its processes have ended)."""
+    for path in paths:
+        for _ in range(50):
+            try:
+                os.rmdir(path)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:  # EBUSY while the last processes are being reaped
+                time.sleep(0.02)
+
+
+def _hide(iso: Isolation, paths) -> int:
+    """Cover each host file in `paths` with /dev/null in this mount namespace: samples read it as empty
+    whatever its mode. Returns how many were hidden; failures go to weaknesses."""
+    hidden = 0
+    for path in paths:
+        if not os.path.isfile(path) or os.path.islink(path):
+            continue
+        if _libc.mount(b"/dev/null", path.encode(), None, MS_BIND, None) != 0:
+            iso.weaknesses.append(f"could not hide {path} from samples: {_errno_text()}")
+        else:
+            hidden += 1
+    return hidden
+
+
+def _hierarchy_roots(cgroup_paths) -> set[str]:
+    roots = set()
+    for path in cgroup_paths:
+        parts = path.split("/")
+        # /sys/fs/cgroup/<controller>/... (v1) or /sys/fs/cgroup/... (v2)
+        roots.add("/".join(parts[:5]) if len(parts) > 5 and os.path.ismount("/".join(parts[:5])) else "/sys/fs/cgroup")
+    return roots
+
+
+def _remount_all_read_only(keep_writable: set[str]) -> list[str]:
+    """Remount every mount of this namespace read-only (a bind remount of / alone is not recursive),
+    except the private tmpfs directories in `keep_writable`; returns the mount points that refused."""
+    refused = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ["/proc/self/mountinfo unreadable"]
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) < 6:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if point in keep_writable or "ro" in fields[5].split(","):
+            continue
+        if not _remount_read_only(point, extra=MS_NOSUID):  # device nodes (/dev/null) keep working
+            refused.append(point)
+    return refused
 
 
 def _errno_text() -> str:
@@ -524,44 +802,175 @@ def limit_server(iso: Isolation, limits: SandboxLimits) -> None:
     iso.sample_dir = work
 
 
+WORK_TMPFS_OPTIONS = "size=64m,nr_inodes=8192,mode=0700"
+"""The sample directory's own tmpfs (a fresh one per sample that wrote anything): its size and inode
+count bound what a sample can store, whatever its file names or tree depth."""
+SHARED_TMPFS_OPTIONS = b"size=64m,nr_inodes=8192,mode=1777"
+MNT_DETACH = 2
+
+
 def fresh_sample_dir(iso: Isolation) -> str:
-    """Recreate the server's sample directory, empty and writable only by the sample's uid."""
+    """Recreate the server's sample directory, empty and writable only by the sample's uid.
+
+    With a private mount namespace the directory is a tmpfs of its own: one a sample wrote to is
+    detached whole and replaced by a fresh one, so no name, depth or link it planted is ever walked
+    by the (root) server. Without one, the tree is removed through directory descriptors, never
+    following a link, without recursion (`remove_entry`).
+    """
     path = iso.sample_dir
+    if iso.work_tmpfs:
+        if os.path.ismount(path):
+            if not os.listdir(path):
+                return path  # the usual case: the previous sample wrote nothing
+            if _libc.umount2(path.encode(), MNT_DETACH) != 0:
+                raise OSError(ctypes.get_errno(), f"cannot detach the sample tmpfs: {_errno_text()}")
+        else:
+            os.makedirs(path, 0o711, exist_ok=True)
+        options = WORK_TMPFS_OPTIONS
+        if iso.sample_uid is not None:
+            options += f",uid={iso.sample_uid},gid={iso.sample_uid}"
+        if _libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options.encode()) != 0:
+            raise OSError(ctypes.get_errno(), f"cannot mount the sample tmpfs: {_errno_text()}")
+        return path
     try:
         REAL.rmdir(path)  # the usual case: the previous sample wrote nothing
     except FileNotFoundError:
         pass
     except OSError:
-        remove_tree(path)
+        remove_entry(os.path.dirname(path), os.path.basename(path))
     os.mkdir(path, 0o700)
     if iso.sample_uid is not None:
         REAL.chown(path, iso.sample_uid, iso.sample_uid)
     return path
 
 
+def clear_shared_state(iso: Isolation) -> None:
+    """Empty what one sample could leave for the next: the private world-writable tmpfs directories
+    (all but the entries the server itself put there) and, in our own IPC namespace, every SysV
+    shared-memory segment, message queue and semaphore set."""
+    for path, protected in iso.shared_dirs.items():
+        try:
+            names = os.listdir(path)
+        except OSError:
+            continue
+        for name in names:
+            if name not in protected:
+                remove_entry(path, name)
+    if iso.ipc_namespace:
+        remove_sysv_ipc()
+
+
+_IPC_RMID = 0
+
+
+def remove_sysv_ipc() -> int:
+    """Remove every SysV IPC object of this IPC namespace; returns how many there were."""
+    removed = 0
+    for kind, remove in (("shm", lambda i: _libc.shmctl(i, _IPC_RMID, None)),
+                         ("msg", lambda i: _libc.msgctl(i, _IPC_RMID, None)),
+                         ("sem", lambda i: _libc.semctl(i, 0, _IPC_RMID))):
+        try:
+            fd = os.open(f"/proc/sysvipc/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.read(fd, 1 << 16)
+                if data.count(b"\n") > 1:  # a header line, then one line per object
+                    while chunk := os.read(fd, 1 << 16):
+                        data += chunk
+            finally:
+                os.close(fd)
+        except OSError:
+            continue
+        lines = data.splitlines()[1:]
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 1:
+                remove(int(fields[1]))
+                removed += 1
+    return removed
+
+
 def remove_tree(path: str) -> None:
     """Delete a directory tree a sample left, whatever modes it set (never follows symlinks)."""
+    remove_entry(os.path.dirname(path.rstrip("/")) or "/", os.path.basename(path.rstrip("/")))
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def remove_entry(parent: str, name: str) -> None:
+    """Remove `name` in `parent`, whatever it is, through directory descriptors: no path longer than
+    one name is ever built (no ENAMETOOLONG), no symlink is followed (a planted link is removed, not
+    its target) and there is no recursion (any depth). A missing entry is not an error."""
+    top = os.open(parent, _DIR_FLAGS)
     try:
-        REAL.chmod(path, 0o700)  # a sample may have made its own directories unreadable
-        entries = list(os.scandir(path))
+        _remove_at(top, name)
+    finally:
+        os.close(top)
+
+
+def _open_dir_at(dir_fd: int, name: str) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except PermissionError:  # not root: a sample may have made its own directories unreadable
+        REAL.chmod(name, 0o700, dir_fd=dir_fd)
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def _remove_at(dir_fd: int, name: str) -> None:
+    try:
+        REAL.unlink(name, dir_fd=dir_fd)
+        return
     except FileNotFoundError:
         return
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            remove_tree(entry.path)
-        else:
-            try:
-                REAL.unlink(entry.path)
-            except FileNotFoundError:
-                pass
-    REAL.rmdir(path)
+    except IsADirectoryError:
+        pass
+    except PermissionError:  # EPERM is what unlink(2) of a directory gives on some systems
+        pass
+    names = [name]  # from dir_fd down to `current`
+    current = _open_dir_at(dir_fd, name)
+    try:
+        while True:
+            sub = None
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        sub = entry.name
+                        break
+                    try:
+                        REAL.unlink(entry.name, dir_fd=current)
+                    except FileNotFoundError:
+                        pass
+            if sub is not None:
+                below = _open_dir_at(current, sub)
+                os.close(current)
+                current = below
+                names.append(sub)
+                continue
+            if len(names) == 1:
+                break
+            above = os.open("..", _DIR_FLAGS, dir_fd=current)
+            os.close(current)
+            current = above
+            REAL.rmdir(names.pop(), dir_fd=current)
+    finally:
+        os.close(current)
+    REAL.rmdir(name, dir_fd=dir_fd)
 
 
-def enter_sample(iso: Isolation, cpu_seconds: int, keep_fd: int | None, stdout_fd: int, server_pid: int) -> None:
+def _close_all_but(keep) -> None:
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 65536)
+
+
+def enter_sample(iso: Isolation, cpu_seconds: int, keep_fds, stdout_fd: int, server_pid: int) -> None:
     """Runs in the forked sample process, before any sample code: the per-sample rules.
 
     `stdout_fd` receives stdout and stderr (/dev/null for Python samples); every other inherited
-    descriptor except `keep_fd` is closed, so the sample cannot reach the server's channels.
+    descriptor except `keep_fds` (the candidate's channel to the harness) is closed, so the sample
+    cannot reach the server's channels.
     """
     os.setsid()
     REAL.chdir(iso.sample_dir)
@@ -569,11 +978,9 @@ def enter_sample(iso: Isolation, cpu_seconds: int, keep_fd: int | None, stdout_f
         # The server's own 0/1/2 already are /dev/null; only commands with captured output differ.
         os.dup2(stdout_fd, 1)
         os.dup2(stdout_fd, 2)
-    if keep_fd is None:
-        os.closerange(3, 65536)
-    else:
-        os.closerange(3, keep_fd)
-        os.closerange(keep_fd + 1, 65536)
+    for fd in iso.cgroup_fds:  # while still root: every process of the sample then counts there
+        os.write(fd, b"0")
+    _close_all_but(keep_fds)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
     if iso.sample_uid is not None:
         os.setgid(iso.sample_uid)
@@ -584,6 +991,20 @@ def enter_sample(iso: Isolation, cpu_seconds: int, keep_fd: int | None, stdout_f
         REAL.exit(70)
     if iso.block_sockets_in_process:
         _block_sockets()
+
+
+def enter_harness(iso: Isolation, uid: int | None) -> None:
+    """Runs in the harness process (forked once by the server, before any job): its own uid when we
+    are root, never dumpable (no ptrace, no /proc/PID/mem for anyone but root), dies with the server."""
+    os.setsid()
+    REAL.chdir("/")
+    _prctl(PR_SET_DUMPABLE, 0)
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        REAL.setuid(uid)
+        _prctl(PR_SET_DUMPABLE, 0)  # a uid change resets it
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _block_sockets() -> None:
@@ -625,7 +1046,11 @@ def kill_leftovers(iso: Isolation, deadline_s: float = 5.0) -> int:
             return found
         if pid:
             continue
-        children = _children_of(os.getpid())
+        if iso.pids_current_fd >= 0 and os.pread(iso.pids_current_fd, 32, 0).strip() == b"0":
+            return found  # the sample's pids cgroup is empty: one read instead of a /proc scan
+        children = [pid for pid in _children_of(os.getpid()) if pid not in iso.protected_pids]
+        if not children and iso.protected_pids:
+            return found  # only the server's own helpers are left
         found = max(found, len(children))
         if iso.sample_uid is not None:
             _kill_all_of_uid(iso.sample_uid)

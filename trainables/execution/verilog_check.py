@@ -87,7 +87,8 @@ def verdict_from_steps(reply: dict, token: str) -> dict:
     """Result fields (passed, result, outcome) from the compile and simulate steps' outcomes."""
     if reply.get("server_error"):
         return _verdict(False, f"failed: {reply['server_error']}", "error")
-    steps = reply.get("steps", [])
+    outputs = [data.decode("utf-8", "replace") for data in reply.get("data", [])]
+    steps = [{**step, "output": outputs[i] if i < len(outputs) else ""} for i, step in enumerate(reply.get("steps", []))]
     if not steps:
         return _verdict(False, "failed: the sandbox ran no step", "error")
     compile_step = steps[0]

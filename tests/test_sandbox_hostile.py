@@ -1,0 +1,490 @@
+"""Issue 18: the escapes a second hostile suite found, one or more attacks per class.
+
+Each hostile completion would *pass* (or leave a trace the test looks for) if its attack worked;
+every one of them passed or left its trace on the sandbox before issue 18. Classes:
+1 forged verdicts, 2 state carried between samples of one server, 3 a poisoned work folder,
+4 no PID/IPC namespace, 5 host files (the samples file and .env), 6 a memory limit per process only,
+7 semantic tricks. What stays uncontained (other world-readable host files, Unix sockets, Verilog
+designs reading their testbench) is listed in docs/sandbox.md.
+"""
+import ctypes
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from trainables.execution.checker import Checker
+from trainables.execution.sandbox import SandboxLimits
+
+PROBLEM = {
+    "task_id": "t/inc",
+    "prompt": "def inc(x):\n",
+    "test": "def check(candidate):\n    assert candidate(2) == 3\n    assert candidate(-1) == 0\n",
+    "entry_point": "inc",
+}
+# A problem whose expected answer is a distinctive constant of the test.
+SECRET = {
+    "task_id": "t/secret",
+    "prompt": "def answer(x):\n",
+    "test": 'def check(candidate):\n    assert candidate(1) == "secret-answer-xyz"\n',
+    "entry_point": "answer",
+}
+PROBLEMS = {p["task_id"]: p for p in (PROBLEM, SECRET)}
+GOOD = "    return x + 1\n"
+WRONG = "    return x\n"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox's namespaces and uid switch need root")
+
+
+def indent(code: str) -> str:
+    return "".join("    " + line + "\n" for line in code.strip("\n").splitlines())
+
+
+def check(completions, task="t/inc", workers=1, timeout=5.0):
+    """Check in order on one server (workers=1), so state could carry from one sample to the next."""
+    samples = [c if isinstance(c, dict) else {"task_id": task, "completion": c} for c in completions]
+    with Checker(workers=workers, limits=SandboxLimits(timeout=timeout)) as checker:
+        return checker.check(PROBLEMS, samples)
+
+
+# The last thing each forging attack does is return a wrong answer: only a forged verdict passes it.
+FRAME_FORGERY = indent(
+    """
+import sys, posix
+frame = sys._getframe()
+while frame is not None:
+    found = dict(frame.f_locals)
+    fds = [v for v in found.values() if type(v) is int and 2 < v < 1024]
+    messages = [v for v in found.values() if type(v) is bytes and b"passed" in v]
+    for fd in fds:
+        for message in messages:
+            try:
+                posix.write(fd, message)
+            except OSError:
+                continue
+            posix._exit(0)
+    frame = frame.f_back
+posix._exit(0)
+"""
+)
+# The same, then closing every descriptor so that no failure report can follow, and returning wrong.
+FRAME_FORGERY_CLOSING = FRAME_FORGERY.replace(
+    "            posix._exit(0)\n", "            posix.closerange(3, 1024)\n            return x\n")
+# Reads its own memory (made dumpable first) for the pass message and writes it everywhere.
+MEMORY_FORGERY = indent(
+    r"""
+import ctypes, posix, re
+ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)
+found = []
+with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
+    for line in maps:
+        fields = line.split()
+        if "rw" not in fields[1]:
+            continue
+        start, end = (int(v, 16) for v in fields[0].split("-"))
+        try:
+            mem.seek(start)
+            data = mem.read(end - start)
+        except (OSError, ValueError, OverflowError):
+            continue
+        found += re.findall(rb'\{"outcome": "passed", "token": "[0-9a-f]{32}"\}', data)
+for fd in range(3, 1024):
+    for message in found[:1]:
+        try:
+            posix.write(fd, message)
+        except OSError:
+            pass
+posix._exit(0)
+"""
+)
+
+
+@needs_root
+@pytest.mark.parametrize("attack", [FRAME_FORGERY, FRAME_FORGERY_CLOSING, MEMORY_FORGERY],
+                         ids=["getframe", "getframe-then-close", "proc-self-mem"])
+def test_class1_a_sample_cannot_forge_a_pass(attack):
+    # First on a fresh server: the only pass message in its memory would be its own.
+    hostile, good, wrong = check([attack, GOOD, WRONG])
+    assert good["passed"] and not wrong["passed"]
+    assert not hostile["passed"], hostile
+
+
+ALWAYS_EQUAL = indent(
+    """
+class Anything:
+    def __eq__(self, other):
+        return True
+    def __ne__(self, other):
+        return False
+return Anything()
+"""
+)
+# Reads the expected value from the caller's code constants.
+CALLER_BYTECODE = indent(
+    """
+import sys
+frame = sys._getframe(1)
+while frame is not None:
+    for value in frame.f_code.co_consts:
+        if isinstance(value, str) and value.startswith("secret-answer-"):
+            return value
+    frame = frame.f_back
+return None
+"""
+)
+def own_memory_scan(pattern: str, on_hit: str, otherwise: str) -> str:
+    """A completion that makes itself dumpable and searches its own writable memory for the bytes regex `pattern`,
+    running `on_hit` (with `hit` bound) when found, else `otherwise`."""
+    return indent(
+        f"""
+import ctypes, re
+ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)
+with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
+    for line in maps:
+        fields = line.split()
+        if "rw" not in fields[1]:
+            continue
+        start, end = (int(v, 16) for v in fields[0].split("-"))
+        try:
+            mem.seek(start)
+            data = mem.read(end - start)
+        except (OSError, ValueError, OverflowError):
+            continue
+        hit = re.search({pattern}, data)
+        if hit:
+            {on_hit}
+{otherwise}
+"""
+    )
+
+
+# Searches its own memory for the test's source (the regex's own text never matches it: "(" follows).
+MEMORY_OF_THE_TEST = own_memory_scan(r"""rb'== "(secret-answer-[a-z]{3})"'""", "return hit.group(1).decode()", "return None")
+
+
+@needs_root
+@pytest.mark.parametrize("attack", [CALLER_BYTECODE, MEMORY_OF_THE_TEST], ids=["caller-bytecode", "memory-of-the-test"])
+def test_class7_the_expected_value_is_out_of_the_candidates_reach(attack):
+    right = {"task_id": "t/secret", "completion": '    return "secret-answer-xyz"\n'}
+    good, hostile = check([right, {"task_id": "t/secret", "completion": attack}])
+    assert good["passed"]
+    assert not hostile["passed"], hostile
+
+
+@needs_root
+def test_class7_an_always_equal_object_does_not_pass():
+    good, hostile = check([GOOD, ALWAYS_EQUAL])
+    assert good["passed"]
+    assert not hostile["passed"] and hostile["error_type"] == "NotPlainData", hostile
+
+
+# A correct sibling carrying a marker, then a wrong sample that passes only if it finds that marker
+# (its own regex text never matches: "(" follows the dash).
+SIBLING = indent("# " + "sibling-marker-zqx " * 300 + "\nreturn x + 1")  # a few KB: malloc'd, not mmap'd
+HEAP_READER = own_memory_scan('rb"sibling-marker-(zqx)"', "return x + 1", "return x")
+TMP_WRITER = indent(
+    """
+for path in ("/tmp/ibft-note", "/var/tmp/ibft-note", "/dev/shm/ibft-note"):
+    try:
+        with open(path, "w") as f:
+            f.write("left by an earlier sample")
+    except OSError:
+        pass
+return x + 1
+"""
+)
+TMP_READER = indent(
+    """
+import os
+for path in ("/tmp/ibft-note", "/var/tmp/ibft-note", "/dev/shm/ibft-note"):
+    if os.path.exists(path):
+        return x + 1
+return x
+"""
+)
+SHM_KEY = 0x1B1F7000 + os.getpid() % 4096
+SYSV_WRITER = indent(
+    f"""
+import ctypes
+libc = ctypes.CDLL(None)
+libc.shmget({SHM_KEY}, 4096, 0o1666)
+libc.msgget({SHM_KEY + 1}, 0o1666)
+return x + 1
+"""
+)
+SYSV_READER = indent(
+    f"""
+import ctypes
+libc = ctypes.CDLL(None)
+if libc.shmget({SHM_KEY}, 0, 0) >= 0 or libc.msgget({SHM_KEY + 1}, 0) >= 0:
+    return x + 1
+return x
+"""
+)
+
+
+def _remove_host_sysv(key: int) -> bool:
+    """Remove the attack's SysV objects from the host's IPC namespace; whether any existed."""
+    libc = ctypes.CDLL(None)
+    found = False
+    shm = libc.shmget(key, 0, 0)
+    if shm >= 0:
+        libc.shmctl(shm, 0, None)
+        found = True
+    msg = libc.msgget(key + 1, 0)
+    if msg >= 0:
+        libc.msgctl(msg, 0, None)
+        found = True
+    return found
+
+
+@needs_root
+def test_class2_nothing_carries_from_one_sample_to_the_next():
+    _remove_host_sysv(SHM_KEY)
+    try:
+        results = check([SIBLING, HEAP_READER, TMP_WRITER, TMP_READER, SYSV_WRITER, SYSV_READER])
+    finally:
+        left_on_host = _remove_host_sysv(SHM_KEY)
+    sibling, heap, tmp_writer, tmp_reader, sysv_writer, sysv_reader = results
+    assert sibling["passed"] and tmp_writer["passed"] and sysv_writer["passed"]
+    assert not heap["passed"], "a sample found an earlier sample's text in the heap it inherited"
+    assert not tmp_reader["passed"], "a sample read what an earlier one left in /tmp, /var/tmp or /dev/shm"
+    assert not sysv_reader["passed"], "a sample found an earlier sample's SysV IPC objects"
+    # class 4: SysV objects must not outlive the run in the host's namespace either
+    assert not left_on_host, "a sample's SysV IPC objects outlived ibft"
+
+
+LONG_NAMES = indent(
+    """
+import posix
+for _ in range(24):
+    name = "d" * 250
+    posix.mkdir(name)
+    posix.chdir(name)
+return x + 1
+"""
+)
+DEEP_TREE = indent(
+    """
+import posix
+for _ in range(1200):
+    posix.mkdir("d")
+    posix.chdir("d")
+return x + 1
+"""
+)
+
+
+def _plant_links(target_dir: str) -> str:
+    return indent(
+        f"""
+import posix
+for name in ("dut.sv", "tb.sv", ".out0", ".out1", "sim.vvp"):
+    posix.symlink("{target_dir}/" + name, name)
+for _ in range(24):
+    posix.mkdir("d" * 250)
+    posix.chdir("d" * 250)
+return x + 1
+"""
+    )
+
+
+VERILOG = {
+    "task_id": "v/and",
+    "language": "verilog",
+    "prompt": "module top_module(input a, input b, output y);\n",
+    "test": (
+        "module tb;\n  reg a, b; wire y;\n  top_module dut(.a(a), .b(b), .y(y));\n  integer errors = 0;\n"
+        "  initial begin\n    a = 1; b = 1; #1; if (y !== 1) errors = errors + 1;\n"
+        "    a = 1; b = 0; #1; if (y !== 0) errors = errors + 1;\n"
+        '    $display("Mismatches: %0d in %0d samples", errors, 2);\n    $finish;\n  end\nendmodule\n'
+    ),
+    "entry_point": "top_module",
+}
+
+
+@needs_root
+def test_class3_a_poisoned_work_folder_harms_no_later_sample_and_nothing_outside():
+    import shutil
+
+    if not shutil.which("iverilog"):
+        pytest.skip("iverilog is not installed")
+    # A host directory the root server could write to if it followed the planted links (/dev is
+    # a devtmpfs shared with the host).
+    target = f"/dev/ibft-hostile-{uuid.uuid4().hex[:8]}"
+    os.mkdir(target)
+    try:
+        good_verilog = {"task_id": "v/and", "completion": "  assign y = a & b;\nendmodule\n"}
+        with Checker(workers=1, limits=SandboxLimits(timeout=10.0)) as checker:
+            results = checker.check({**PROBLEMS, "v/and": VERILOG}, [
+                {"task_id": "t/inc", "completion": _plant_links(target)}, good_verilog,
+                {"task_id": "t/inc", "completion": GOOD},
+                {"task_id": "t/inc", "completion": LONG_NAMES}, {"task_id": "t/inc", "completion": GOOD}, good_verilog,
+                {"task_id": "t/inc", "completion": DEEP_TREE}, {"task_id": "t/inc", "completion": GOOD}, good_verilog,
+            ])
+            restarts = checker._pool.restarts
+        written = os.listdir(target)
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+    assert not written, f"the server wrote {written} through links a sample planted"
+    for i in (1, 2, 4, 5, 7, 8):
+        assert results[i]["passed"], (i, results[i])
+    assert restarts == 0, "a poisoned folder crashed the sandbox server"
+
+
+MOUNTS_WRITABLE = indent(
+    """
+import os
+for path in ("/proc", "/sys", "/dev", "/usr", "/etc"):
+    try:
+        if not os.statvfs(path).f_flag & os.ST_RDONLY:
+            return x + 1
+    except OSError:
+        pass
+return x
+"""
+)
+
+
+@needs_root
+def test_class3_every_mount_but_the_samples_own_space_is_read_only():
+    (result,) = check([MOUNTS_WRITABLE])
+    assert not result["passed"], "a mount below / stayed writable in the sandbox"
+
+
+HOST_CMDLINE = indent(
+    """
+import os
+for pid in os.listdir("/proc"):
+    if pid.isdigit():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"--api-key=" in f.read():
+                    return x + 1
+        except OSError:
+            pass
+return x
+"""
+)
+
+
+@needs_root
+def test_class4_host_processes_are_invisible():
+    host = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--api-key=hostile-test-key"])
+    try:
+        (result,) = check([HOST_CMDLINE])
+    finally:
+        host.kill()
+        host.wait()
+    assert not result["passed"], "a sample read a host process's command line"
+
+
+@needs_root
+def test_isolation_report_names_the_namespaces_and_the_verdict_split():
+    with Checker(workers=1, limits=SandboxLimits(timeout=5.0)) as checker:
+        checker.check(PROBLEMS, [{"task_id": "t/inc", "completion": GOOD}])
+        isolation = checker.isolation
+    assert isolation["pid_namespace"] and isolation["ipc_namespace"] and isolation["work_tmpfs"]
+    assert "harness" in isolation["verdicts"]
+    assert "every other mount read-only too" in isolation["filesystem"]
+
+
+# Four children each touching 200 MiB at once: 800 MiB in all under a 300 MiB limit that each
+# process on its own respects. Passes only if all four held their memory together.
+MEMORY_ACROSS_PROCESSES = indent(
+    """
+import posix, time
+children = []
+for _ in range(4):
+    pid = posix.fork()
+    if pid == 0:
+        hold = b"x" * (200 << 20)
+        time.sleep(3)
+        posix._exit(0)
+    children.append(pid)
+time.sleep(2)
+alive = sum(1 for pid in children if posix.waitpid(pid, posix.WNOHANG) == (0, 0))
+for pid in children:
+    try:
+        posix.kill(pid, 9)
+    except OSError:
+        pass
+for pid in children:
+    try:
+        posix.waitpid(pid, 0)
+    except OSError:
+        pass
+return x + 1 if alive == 4 else x
+"""
+)
+
+
+def _machine_has_a_memory_cgroup() -> bool:
+    if os.path.isdir("/sys/fs/cgroup/memory"):
+        return True
+    try:
+        with open("/sys/fs/cgroup/cgroup.controllers") as f:
+            return "memory" in f.read().split()
+    except OSError:
+        return False
+
+
+@needs_root
+@pytest.mark.skipif(not _machine_has_a_memory_cgroup(), reason="this machine has no memory cgroup controller")
+def test_class6_the_memory_limit_covers_all_of_a_samples_processes():
+    with Checker(workers=1, limits=SandboxLimits(timeout=10.0, memory_bytes=300 << 20)) as checker:
+        good, hostile = checker.check(PROBLEMS, [{"task_id": "t/inc", "completion": c}
+                                                 for c in (GOOD, MEMORY_ACROSS_PROCESSES)])
+        isolation = checker.isolation
+    assert good["passed"]
+    assert not hostile["passed"], "a sample's processes together held more than its memory limit"
+    assert "per sample" in isolation["cgroup"], isolation
+
+
+@needs_root
+def test_class5_the_samples_file_and_dotfiles_beside_it_are_hidden(capsys):
+    """`ibft check` hides its samples file and the dotfiles beside it, even world-readable ones
+    outside the private /tmp, so no sample can run a sibling's completion or read a .env."""
+    import json
+
+    from search.cli import main
+
+    folder = f"/var/lib/ibft-hostile-{uuid.uuid4().hex[:8]}"
+    os.makedirs(folder, mode=0o755)
+    try:
+        with open(os.path.join(folder, ".env"), "w") as f:
+            f.write("API_KEY=hostile-test-secret\n")
+        problems = os.path.join(folder, "problems.jsonl")
+        samples = os.path.join(folder, "samples.jsonl")
+        with open(problems, "w") as f:
+            f.write(json.dumps(PROBLEM) + "\n")
+        reader = indent(
+            f"""
+found = 0
+for path in ({samples!r}, {os.path.join(folder, '.env')!r}):
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        continue
+    found += ("return x + 1" in text) or ("hostile-test-secret" in text)
+return x + 1 if found else x
+"""
+        )
+        with open(samples, "w") as f:
+            for completion in (GOOD, reader):
+                f.write(json.dumps({"task_id": "t/inc", "completion": completion}) + "\n")
+        for path in (problems, samples, os.path.join(folder, ".env")):
+            os.chmod(path, 0o644)
+        code = main(["check", "--problems", problems, "--samples", samples, "--workers", "1", "--no-progress"])
+        capsys.readouterr()
+        with open(samples + "_results.jsonl") as f:
+            results = [json.loads(line) for line in f]
+    finally:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+    assert code == 0
+    assert results[0]["passed"]
+    assert not results[1]["passed"], "a sample read the samples file or the .env beside it"
