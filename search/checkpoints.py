@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ray.tune import Callback
 
@@ -37,16 +37,34 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def slim_stopped_trial(trial_root: Path) -> int:
-    """Keep the newest rung checkpoint of a stopped trial without its engine state; remove the older rung
-    checkpoints and the loop's own step checkpoints. Returns the bytes freed."""
+def _choose(checkpoints: list[tuple[int, str, Any]], reported_rung: Optional[int]) -> Optional[tuple[list[Any], Any]]:
+    """(the checkpoints to remove, the one to keep) among (rung, name, path) sorted by rung then name, or None to
+    keep everything. The kept one is the checkpoint of the last rung the trial reported: a trial goes on training
+    while the driver decides to stop it, so a newer rung's checkpoint may be on disk, complete or half-copied, that
+    no result (and no report's task counts) refers to. Without a reported rung, the newest is kept."""
+    if not checkpoints:
+        return None
+    if reported_rung is None:
+        return [c[2] for c in checkpoints[:-1]], checkpoints[-1][2]
+    matches = [c for c in checkpoints if c[0] == reported_rung]
+    if not matches:
+        return None  # the reported rung's checkpoint is not there: remove nothing rather than the wrong one
+    keep = matches[-1]
+    return [c[2] for c in checkpoints if c is not keep], keep[2]
+
+
+def slim_stopped_trial(trial_root: Path, reported_rung: Optional[int] = None) -> int:
+    """Keep the rung checkpoint of a stopped trial's last reported rung (the newest when None) without its engine
+    state; remove its other rung checkpoints and the loop's own step checkpoints. Returns the bytes freed."""
     checkpoints = sorted(
-        (p for p in trial_root.glob("checkpoint_*") if p.is_dir()), key=lambda p: (_rung_of(p), p.name)
+        (_rung_of(p), p.name, p) for p in trial_root.glob("checkpoint_*") if p.is_dir()
     )
     doomed: list[Path] = []
-    if checkpoints:
-        doomed += checkpoints[:-1]
-        doomed += [checkpoints[-1] / name for name in ENGINE_STATE]
+    chosen = _choose(checkpoints, reported_rung)
+    if chosen is not None:
+        others, keep = chosen
+        doomed += others
+        doomed += [keep / name for name in ENGINE_STATE]
     doomed.append(trial_root.joinpath(*LOCAL_STEP_CHECKPOINTS))
     freed = 0
     for path in doomed:
@@ -57,6 +75,49 @@ def slim_stopped_trial(trial_root: Path) -> int:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+    return freed
+
+
+def slim_stopped_trial_uri(trial_uri: str, reported_rung: Optional[int] = None) -> int:
+    """slim_stopped_trial for a trial of an object-store run (search.storage): the same choice of what goes, made
+    through pyarrow.fs (there is no loop step checkpoint in the bucket: the work dir is node-local). Returns the
+    bytes freed."""
+    import json
+
+    import pyarrow.fs
+
+    from trainables import storage
+
+    fs, root = storage.filesystem(trial_uri)
+    root = root.rstrip("/")
+    entries = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    checkpoints = []
+    for info in entries:
+        if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/rung_metrics.json") as f:
+                rung = int(json.loads(f.read().decode()).get("rung", -1))
+        except (OSError, ValueError, TypeError, AttributeError):
+            rung = -1
+        checkpoints.append((rung, info.base_name, info.path))
+    checkpoints.sort()
+    doomed: list[str] = []
+    chosen = _choose(checkpoints, reported_rung)
+    if chosen is not None:
+        others, keep = chosen
+        doomed += others
+        doomed += [f"{keep}/{name}" for name in ENGINE_STATE]
+    freed = 0
+    for path in doomed:
+        info = fs.get_file_info(path)
+        if info.type == pyarrow.fs.FileType.File:
+            freed += info.size or 0
+            fs.delete_file(path)
+        elif info.type == pyarrow.fs.FileType.Directory:
+            files = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
+            freed += sum(f.size or 0 for f in files if f.type == pyarrow.fs.FileType.File)
+            fs.delete_dir(path)
     return freed
 
 
@@ -83,4 +144,17 @@ class SlimStoppedTrials(Callback):
         except Exception:  # never let book-keeping stop the search; the files just stay
             return
         if state == optuna.trial.TrialState.PRUNED:
-            slim_stopped_trial(self._run_dir / TRIALS_DIR / trial.trial_id)
+            from search.storage import remote_of
+
+            from search.optuna_bridge import RUNG_KEY
+
+            rung = (getattr(trial, "last_result", None) or {}).get(RUNG_KEY)
+            rung = rung if isinstance(rung, int) else None
+            uri = remote_of(self._run_dir)
+            if uri is None:
+                slim_stopped_trial(self._run_dir / TRIALS_DIR / trial.trial_id, rung)
+                return
+            try:  # an object-store run: the checkpoints are in the bucket
+                slim_stopped_trial_uri(f"{uri.rstrip('/')}/{TRIALS_DIR}/{trial.trial_id}", rung)
+            except Exception:  # never let book-keeping stop the search
+                return

@@ -4,6 +4,9 @@ RUN_DIR layout: space.yaml (the space the search runs), ib_semantics.json (what 
 params.encoder_input mean; a run without it predates them: search.space.run_ib_semantics), optuna.db (study
 named after the search, so `optuna-dashboard sqlite:///RUN_DIR/optuna.db` opens it), tune/ (Ray's results and experiment state),
 trials/<trial_id>/ (each trial's Ray Train run: checkpoints), wandb/, trials.csv and pareto.json.
+RUN_DIR may be an object-store URI (s3://...): then `run_dir` here is the driver's local staging directory of it
+(search.storage), Ray and the trials write to the URI, and search.storage_sync.RunSync keeps the URI's copy of the
+study, tables and W&B runs current.
 """
 from __future__ import annotations
 
@@ -71,9 +74,16 @@ def load_run_space(run_dir: Path) -> SearchSpace:
 def trial_setup(space: SearchSpace, run_dir: Path) -> dict[str, Any]:
     """What every trial of this search shares, as plain data for the trainable (config key "setup")."""
     setup = space.model_dump(mode="json", exclude={"params", "sampler", "objectives", "asha", "num_samples"})
-    setup["run_dir"] = str(run_dir.resolve())
+    setup["run_dir"] = _storage_location(run_dir)
     setup["num_rungs"] = space.num_rungs
     return setup
+
+
+def _storage_location(run_dir: Path) -> str:
+    """Where Ray and the trials keep the run: its URI (search.storage) or the absolute local directory."""
+    from search.storage import remote_of
+
+    return remote_of(run_dir) or str(run_dir.resolve())
 
 
 def _connect(address: Optional[str]) -> None:
@@ -180,7 +190,7 @@ def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
     if resume:
         param_space = {"setup": align_to_recorded_setup(param_space["setup"], run_dir)}
         tuner = tune.Tuner.restore(
-            str(run_dir / TUNE_DIR),
+            _storage_location(run_dir).rstrip("/") + "/" + TUNE_DIR,
             trainable=trainable,
             resume_unfinished=True,
             resume_errored=False,
@@ -195,6 +205,12 @@ def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
     from search.pg_reaper import PlacementGroupReaper
 
     callbacks: list = [PlacementGroupReaper()]
+    from search.storage import remote_of
+
+    if remote_of(run_dir) is not None:
+        from search.storage_sync import RunSync
+
+        callbacks.append(RunSync(run_dir))
     if space.keep_checkpoints == "last_adapter":
         from search.checkpoints import SlimStoppedTrials
 
@@ -228,7 +244,7 @@ def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR,
-            storage_path=str(run_dir.resolve()),
+            storage_path=_storage_location(run_dir),
             failure_config=tune.FailureConfig(max_failures=space.failure.max_failures),
             progress_reporter=_reporter(space),
             callbacks=callbacks,
@@ -298,9 +314,12 @@ def restore_asha(tuner: Any, space: SearchSpace, run_dir: Path) -> None:
         # Its last result: the trainable reports it again instead of training (Tune expects a result with the
         # search's metrics from every trial that runs), and the scheduler answers it STOP.
         last = {k: v for k, v in results[ray_id][-1].items() if k in ("rung", "step") or k.startswith(REPORTED_PREFIXES)}
-        marker = run_dir / TRIALS_DIR / str(ray_id) / STOPPED_MARKER
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(last))
+        from trainables import storage as run_storage
+
+        # Where the trial reads it: RUN_DIR's URI for an object-store run (search.storage), else the directory.
+        run_storage.write_text(
+            run_storage.join(_storage_location(run_dir), TRIALS_DIR, str(ray_id), STOPPED_MARKER), json.dumps(last)
+        )
     scheduler = getattr(getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None), "scheduler", None)
     if not hasattr(scheduler, "restore_rungs"):
         if space.asha.enabled:
@@ -395,7 +414,13 @@ def write_tables(space: SearchSpace, run_dir: Path, records: list[dict[str, Any]
     objectives = [o.metric for o in space.objectives]
     rows = [trial_row(r, num_rungs=space.num_rungs, objectives=objectives) for r in records]
     write_trials_csv(rows, run_dir / TRIALS_CSV)
-    return write_pareto_json(rows, [o.model_dump() for o in space.objectives], run_dir / PARETO_JSON)
+    front = write_pareto_json(rows, [o.model_dump() for o in space.objectives], run_dir / PARETO_JSON)
+    from search.storage import upload_best_effort, upload_tables
+
+    # An object-store run: its URI gets both tables (nothing for a local run directory); a store that fails now
+    # costs a warning, not the search's summary (the staging directory keeps them).
+    upload_best_effort(upload_tables, run_dir, "trials.csv and pareto.json")
+    return front
 
 
 def _check_cluster_fits(space: SearchSpace, address: Optional[str]) -> None:
@@ -430,6 +455,9 @@ def run_search(
         os.environ.pop(RETRY_FAILED_ENV, None)
     _connect(address)
     _check_cluster_fits(space, address)
+    from search.storage_sync import check_nodes_can_write
+
+    check_nodes_can_write(run_dir, address)  # a node that cannot write the run's storage fails now, not at a rung
     tuner = build_tuner(space, run_dir, resume=resume)
     result_grid = tuner.fit()
     records = trial_records(result_grid, cut_off_trials(space, run_dir))
@@ -452,6 +480,11 @@ def run_search(
 
     # Disconnect (and stop a local cluster) now, so the trials' last log lines come before the front.
     ray.shutdown()
+    from search.storage import location, upload_best_effort, upload_study, upload_wandb
+
+    # An object-store run: the study and the W&B runs as they ended (no-op for a local one).
+    upload_best_effort(upload_study, run_dir, "the Optuna study")
+    upload_best_effort(upload_wandb, run_dir, "the W&B runs")
     return SearchOutcome(
-        run_dir=str(run_dir), name=space.name, states=states, interrupted=interrupted, exhausted=exhausted, pareto=front
+        run_dir=location(run_dir), name=space.name, states=states, interrupted=interrupted, exhausted=exhausted, pareto=front
     )

@@ -56,6 +56,29 @@ def test_a_stopped_trial_keeps_only_its_last_rungs_adapter_and_what_the_report_r
     assert json.loads((trial / last / "task_counts.json").read_text())["rung"] == 2
 
 
+@pytest.mark.parametrize("half_copied", [False, True])
+def test_a_stopped_trial_keeps_its_last_reported_rung_not_a_newer_one_on_disk(tmp_path, half_copied):
+    # A stopped trial trains on while the driver decides: its rung-2 checkpoint can land (whole, or half-copied when
+    # the trial is killed) after the rung-1 result ASHA stopped it on. The report reads rung 1's task counts (the
+    # rung its results end at), so rung 1 must stay. A CI run lost them this way.
+    from search.checkpoints import slim_stopped_trial
+
+    trial = _trial_dir(tmp_path)
+    newer = trial / "checkpoint_2026-12-01_00-00-10"
+    if half_copied:
+        (newer / "task_counts.json").unlink()
+    slim_stopped_trial(trial, reported_rung=1)
+    kept = [p.name for p in trial.glob("checkpoint_*")]
+    assert kept == ["checkpoint_2026-12-01_00-00-09"]
+    counts = json.loads((trial / kept[0] / "task_counts.json").read_text())
+    assert (counts["rung"], counts["val"]) == (1, {"t": [2, 1]})
+    assert not (trial / kept[0] / "trainer_state.pt").exists()
+    # A reported rung whose checkpoint is missing: nothing is removed rather than the wrong one.
+    other = _trial_dir(tmp_path / "other")
+    slim_stopped_trial(other, reported_rung=3)
+    assert len(list(other.glob("checkpoint_*/trainer_state.pt"))) == 2
+
+
 def test_the_callback_slims_only_trials_the_study_holds_as_pruned(tmp_path):
     from search.checkpoints import SlimStoppedTrials
 

@@ -63,7 +63,11 @@ def work(tmp_path, monkeypatch):
         (["space.yaml", "--name", ".hidden"], "ibft tune: error: --name '.hidden'"),
         (["space.yaml", "--num-samples", "0"], "ibft tune: error: --num-samples must be >= 1, got 0"),
         (["space.yaml", "--num-samples", "many"], "ibft tune: error: argument --num-samples: invalid int value"),
-        (["space.yaml", "--storage-path", "s3://bucket/runs"], "ibft tune: error: --storage-path 's3://bucket/runs'"),
+        # Object-store URIs are run directories now (tests/test_storage_s3.py); one no filesystem opens is refused.
+        (
+            ["space.yaml", "--storage-path", "nosuch://bucket/runs"],
+            "ibft tune: error: --storage-path nosuch://bucket/runs/smoke: this machine (",
+        ),
         (["missing.yaml"], "ibft tune: error: missing.yaml: space file not found"),
         (["space.yaml", "--resume", "runs/smoke"], "ibft tune: error: --resume RUN_DIR takes no SPACE"),
         (["--resume", "runs/smoke", "--name", "x"], "ibft tune: error: --resume RUN_DIR takes no SPACE"),

@@ -30,6 +30,7 @@ from ray import tune
 from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from trainables import storage as run_storage
 from trainables.errors import ConfigError
 from trainables.ib.config import LEGACY_SEMANTICS
 from trainables.ray_trainer import IBTorchTrainer
@@ -117,18 +118,21 @@ def run_trial(config: dict[str, Any]) -> None:
 
     setup = config["setup"]
     trial_id = tune.get_context().get_trial_id()
-    trials_root = Path(setup["run_dir"]) / "trials"
-    marker = trials_root / trial_id / NONFINITE_MARKER
-    if marker.is_file():
-        raise NonFiniteTrialError(marker.read_text().strip())
-    stopped = trials_root / trial_id / STOPPED_MARKER
-    if stopped.is_file():
+    # RUN_DIR is a shared directory or an object-store URI (trainables.storage): the trial's markers go through
+    # trainables.storage, its checkpoints through Ray Train's storage, its work dir is node-local for a URI.
+    trials_root = run_storage.join(setup["run_dir"], "trials")
+    marker = run_storage.join(trials_root, trial_id, NONFINITE_MARKER)
+    reason_text = run_storage.read_text(marker)
+    if reason_text is not None:
+        raise NonFiniteTrialError(reason_text.strip())
+    stopped = run_storage.read_text(run_storage.join(trials_root, trial_id, STOPPED_MARKER))
+    if stopped is not None:
         # ASHA stopped it before the driver was interrupted: it never trains again. Its last result goes to Tune
         # once more (a trial that runs must report the search's metrics), and the scheduler answers STOP.
-        tune.report(json.loads(stopped.read_text()))
+        tune.report(json.loads(stopped))
         return
     params = trial_params(config)
-    work_dir = trials_root / trial_id / "work"
+    work_dir = run_storage.trial_work_dir(setup["run_dir"], trial_id)
     train_dict = train_config_dict(setup, params, output_dir=str(work_dir), optuna_trial=config.get("optuna_trial"))
     TrainConfig.from_dict(train_dict)  # a bad combination fails here, before any worker starts
     resources = setup["resources"]
@@ -142,17 +146,22 @@ def run_trial(config: dict[str, Any]) -> None:
             num_workers=resources["workers"],
             use_gpu=bool(resources["gpus_per_worker"]),
             resources_per_worker=per_worker,
+            # With an object-store RUN_DIR each node's work dir is its own, and the loop commits a step checkpoint
+            # on rank 0's node only: a trial split over two nodes would find no committed directory for the other
+            # node's ranks. STRICT_PACK keeps a trial on one node (Ray's PACK only prefers to); a trial larger than
+            # any node then waits, and the resource-wait line names what it needs.
+            placement_strategy="STRICT_PACK" if run_storage.is_uri(setup["run_dir"]) else "PACK",
         ),
         run_config=RunConfig(
             name=trial_id,
-            storage_path=str(trials_root),
+            storage_path=trials_root,
             callbacks=[TuneReportCallback()],
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=train_failure_config(setup.get("failure") or {}),
         ),
     )
-    started = trials_root / trial_id / WORKERS_STARTED_MARKER
-    started.unlink(missing_ok=True)  # a retried trial waits again
+    started = run_storage.join(trials_root, trial_id, WORKERS_STARTED_MARKER)
+    run_storage.remove(started)  # a retried trial waits again
     waiting = watch_resource_wait(
         trial_id, started, resources, float((setup.get("failure") or {}).get("resource_wait_warn_s", RESOURCE_WAIT_WARN_S))
     )
@@ -162,8 +171,7 @@ def run_trial(config: dict[str, Any]) -> None:
         reason = _nonfinite_reason(str(e))
         if reason is None:
             raise
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(reason + "\n")
+        run_storage.write_text(marker, reason + "\n")
         raise NonFiniteTrialError(reason) from None
     finally:
         waiting.set()
@@ -225,7 +233,7 @@ def watch_resource_wait(
         waited = 0.0
         while not done.wait(every_s):
             waited += every_s
-            if started.exists():
+            if run_storage.exists(started):
                 return
             say(resource_wait_line(trial_id, waited, resources, _free_resources()))
 
@@ -250,14 +258,20 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     from trainables.train.config import TrainConfig
 
     setup = loop_config["setup"]
-    cfg = TrainConfig.from_dict(loop_config["train"])
+    train_dict = loop_config["train"]
+    if run_storage.is_uri(setup["run_dir"]):
+        # An object-store run: the loop's work dir is on this node's own disk (IBFT_NODE_WORK_DIR, else its temp
+        # dir), chosen here on the worker, not by the Tune-side function that may run on another node.
+        experiment = ray.train.get_context().get_experiment_name()
+        train_dict = dict(train_dict, output_dir=run_storage.trial_work_dir(setup["run_dir"], experiment))
+    cfg = TrainConfig.from_dict(train_dict)
     if ray.train.get_context().get_world_rank() == 0:  # the workers run: the trial waits no more for resources
-        started = Path(setup["run_dir"]) / "trials" / ray.train.get_context().get_experiment_name() / WORKERS_STARTED_MARKER
+        trial_root = run_storage.join(setup["run_dir"], "trials", ray.train.get_context().get_experiment_name())
         try:
-            started.parent.mkdir(parents=True, exist_ok=True)
-            started.touch()
-        except OSError:
+            run_storage.write_text(run_storage.join(trial_root, WORKERS_STARTED_MARKER), "")
+        except Exception:  # (pyarrow raises OSError subclasses and others) only the wait line depends on it
             pass
+        _fetch_step_log(setup, cfg.output_dir, trial_root)
     torch.set_num_threads(max(1, int(setup["resources"]["cpus_per_worker"])))
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint is not None else nullcontext(None) as resume_dir:
@@ -268,6 +282,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
                 ray.train.report(done)
                 return
         rung = _RungReporter(setup, tap_layer=cfg.ib.tap_layer, prompt_format=cfg.data.prompt_format)
+        rung.output_dir = cfg.output_dir
         hooks = TrainHooks(on_log=rung.on_log, on_rung=rung.on_rung, rung_every=setup["training"]["rung_steps"])
         try:
             train(cfg, hooks=hooks, resume_from=resume_dir)
@@ -275,6 +290,43 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
             # Re-raised as a one-message error: Ray re-creates a worker's exception on the driver, and that
             # fails for NonFiniteLossError(step, components), which would lose the reason.
             raise NonFiniteTrialError(str(e)) from None
+
+
+STEP_LOG_FILE = "metrics.jsonl"
+"""The loop's per-step log under its output_dir (trainables.train.loop.METRICS_FILE)."""
+
+
+def _remote_step_log(setup: dict[str, Any], trial_root: str) -> Optional[str]:
+    """Where a trial's step log lives in an object-store RUN_DIR (None on a shared filesystem: the loop writes it there)."""
+    if not run_storage.is_uri(setup["run_dir"]):
+        return None
+    return run_storage.join(trial_root, "work", STEP_LOG_FILE)
+
+
+def _fetch_step_log(setup: dict[str, Any], output_dir: str, trial_root: str) -> None:
+    """Rank 0 of a trial resumed on a node without its local work dir: continue the step log the bucket holds."""
+    remote = _remote_step_log(setup, trial_root)
+    local = Path(output_dir) / STEP_LOG_FILE
+    if remote is None or local.exists():
+        return
+    try:
+        text = run_storage.read_text(remote)
+    except Exception:
+        return
+    if text:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(text)
+
+
+def _push_step_log(setup: dict[str, Any], output_dir: Optional[str]) -> None:
+    """Rank 0, at every rung of an object-store run: the step log up to this rung goes to the bucket."""
+    if output_dir is None or not run_storage.is_uri(setup["run_dir"]):
+        return
+    local = Path(output_dir) / STEP_LOG_FILE
+    if not local.is_file():
+        return
+    trial_root = run_storage.join(setup["run_dir"], "trials", ray.train.get_context().get_experiment_name())
+    run_storage.upload_file(local, _remote_step_log(setup, trial_root))
 
 
 def drop_local_copy(checkpoint_dir: str, rank: int) -> None:
@@ -341,6 +393,8 @@ class _RungReporter:
             if self.task_counts:
                 counts = {"rung": rung, "step": step, **self.task_counts}
                 Path(checkpoint_dir, TASK_COUNTS_FILE).write_text(json.dumps(counts, separators=(",", ":")))
+        if self.rank == 0:
+            _push_step_log(self.setup, getattr(self, "output_dir", None))
         # Every rank reports (Train synchronises on it); one rank per node uploads that node's checkpoint files.
         ray.train.report(report, checkpoint=Checkpoint.from_directory(checkpoint_dir) if local_first else None)
         self.logs.clear()

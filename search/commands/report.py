@@ -13,7 +13,12 @@ from trainables.cli_output import emit_result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a search's run directory (STORAGE_PATH/NAME of `ibft tune`)")
+    parser.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        help="a search's run directory (STORAGE_PATH/NAME of `ibft tune`), or its URI (s3://bucket/prefix/NAME): "
+        "then the run's small files are read into a local cache and the report is uploaded to RUN_DIR/report",
+    )
     parser.add_argument("--out", metavar="DIR", help="where to write the report (default: RUN_DIR/report)")
     parser.add_argument("--no-png", action="store_true", help="skip pareto.png (it needs Chromium for kaleido)")
 
@@ -22,7 +27,22 @@ def run(args: argparse.Namespace) -> int:
     from search.report import write_report
 
     print(f"ibft report: reading {args.run_dir}", file=sys.stderr, flush=True)
-    result = write_report(args.run_dir, args.out, png=not args.no_png)
+    run_dir = args.run_dir
+    if "://" in run_dir:
+        from search.storage import stage_for_report
+
+        # An object-store run: its tables, study, Tune results and per-rung metrics (not the weights) into a local
+        # cache (search.storage), the report from there, then uploaded next to the run.
+        run_dir = str(stage_for_report(run_dir))
+    result = write_report(run_dir, args.out, png=not args.no_png)
+    if run_dir != args.run_dir and args.out is None:
+        from pathlib import Path
+
+        from search.storage import upload_report
+
+        result["uploaded"] = upload_report(Path(run_dir), Path(result["html"]).parent)
+        result["run_dir"] = args.run_dir
+        print(f"ibft report: uploaded to {result['uploaded']}", file=sys.stderr)
     if "png_error" in result:
         print(f"ibft report: warning: pareto.png not written ({result['png_error']})", file=sys.stderr)
     print(f"ibft report: open {result['html']}", file=sys.stderr)

@@ -9,6 +9,7 @@ with --resume RUN_DIR.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -17,13 +18,23 @@ from trainables.cli_output import emit_result
 from trainables.errors import ConfigError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+STORAGE_ENV = "IBFT_STORAGE_PATH"
+"""The default --storage-path where it is set (cluster.yaml sets it in the container to its S3 bucket)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("space", nargs="?", help="search-space YAML file (see spaces/); not needed with --resume")
     parser.add_argument("--name", help="search name (default: the space's name, else its file name)")
-    parser.add_argument("--storage-path", default="runs", help="parent of RUN_DIR = STORAGE_PATH/NAME (default: runs)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the search in RUN_DIR after a kill or Ctrl-C")
+    parser.add_argument(
+        "--storage-path",
+        default=os.environ.get(STORAGE_ENV) or "runs",
+        help=f"parent of RUN_DIR = STORAGE_PATH/NAME (default: ${STORAGE_ENV} if set, as cluster.yaml sets it, else "
+        "runs): a directory every node mounts, or an object-store URI such as s3://bucket/prefix (endpoint and "
+        "credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... or the instance profile)",
+    )
+    parser.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue the search in RUN_DIR (a directory or a URI) after a kill or Ctrl-C"
+    )
     parser.add_argument(
         "--address", help="Ray cluster to join: 'auto' or HOST:PORT (default: start a local Ray cluster)"
     )
@@ -50,7 +61,14 @@ def resolve_run(args: argparse.Namespace):
     if args.resume:
         if args.space or args.name or args.num_samples is not None:
             raise ConfigError("--resume RUN_DIR takes no SPACE, --name or --num-samples (the run keeps its own)")
-        run_dir = Path(args.resume)
+        if is_uri(args.resume):
+            from search.storage import check_writable, stage_for_resume
+
+            # The URI alone: a head whose local disk was wiped resumes like one that kept it (search.storage).
+            check_writable(args.resume.rstrip("/"), "--resume")
+            run_dir = stage_for_resume(args.resume)
+        else:
+            run_dir = Path(args.resume)
         return load_run_space(run_dir), run_dir, True
     if not args.space:
         raise ConfigError("give a SPACE.yaml to start a search, or --resume RUN_DIR to continue one")
@@ -63,22 +81,42 @@ def resolve_run(args: argparse.Namespace):
         if args.num_samples < 1:
             raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
         space.num_samples = args.num_samples
-    if "://" in args.storage_path:
-        # The Optuna study is a SQLite file and the trials share checkpoints by path: both need a
-        # filesystem every node mounts (NFS, EFS, Lustre), not an object store.
-        raise ConfigError(
-            f"--storage-path {args.storage_path!r}: give a directory on a filesystem shared by all nodes "
-            "(e.g. an NFS/EFS mount); object-store URIs are not supported"
-        )
     from search.memory_check import check_space
 
     # Before the run directory or Ray: a trial that cannot fit its GPUs costs nothing to find out about.
     check_space(space, args.space, skip=getattr(args, "skip_memory_check", False))
-    run_dir = Path(args.storage_path).resolve() / space.name
-    prepare_run_dir(Path(args.space), run_dir)
+    if is_uri(args.storage_path):
+        run_dir = _prepare_remote_run(Path(args.space), args.storage_path.rstrip("/") + "/" + space.name)
+    else:
+        run_dir = Path(args.storage_path).resolve() / space.name
+        prepare_run_dir(Path(args.space), run_dir)
     if args.num_samples is not None:
         _record_num_samples(run_dir, args.num_samples)
+    from search.storage import upload_start_files
+
+    upload_start_files(run_dir)  # an object-store run: space.yaml and ib_semantics.json go to its URI
     return space, run_dir, False
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _prepare_remote_run(space_path: Path, uri: str) -> Path:
+    """A new search whose RUN_DIR is the URI `uri`: check it can be written and holds no search, then a fresh local
+    staging directory for the driver (search.storage), returned as the run directory the search works in."""
+    from search.storage import check_writable, holds_a_search, new_staging
+    from search.tuner import prepare_run_dir
+
+    check_writable(uri)
+    if holds_a_search(uri):
+        raise ConfigError(
+            f"{uri} already holds a search; continue it with `ibft tune --resume {uri}` "
+            "or choose another --name/--storage-path"
+        )
+    run_dir = new_staging(uri)
+    prepare_run_dir(space_path, run_dir)
+    return run_dir
 
 
 def _record_num_samples(run_dir: Path, num_samples: int) -> None:
@@ -115,7 +153,9 @@ def run(args: argparse.Namespace) -> int:
     print_front(outcome["pareto"], objectives)
     emit_result(outcome)
     if outcome["interrupted"]:
-        print(f"ibft tune: interrupted; continue with: ibft tune --resume {run_dir}", file=sys.stderr)
+        from search.storage import location
+
+        print(f"ibft tune: interrupted; continue with: ibft tune --resume {location(run_dir)}", file=sys.stderr)
         return 130
     if outcome.get("exhausted"):
         trials = sum(outcome["states"].values())
