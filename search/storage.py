@@ -102,24 +102,23 @@ def holds_a_search(uri: str) -> bool:
     return fs.exists(fs.join(uri, "tune")) or fs.exists(fs.join(uri, "optuna.db"))
 
 
-def upload_start_files(run_dir: Path) -> None:
-    """space.yaml and ib_semantics.json of a new (or --num-samples-changed) search."""
+def _upload_files(run_dir: Path, names: tuple[str, ...]) -> None:
     uri = remote_of(run_dir)
     if uri is None:
         return
-    for name in ("space.yaml", "ib_semantics.json"):
+    for name in names:
         if (run_dir / name).is_file():
             fs.upload_file(run_dir / name, fs.join(uri, name))
+
+
+def upload_start_files(run_dir: Path) -> None:
+    """space.yaml and ib_semantics.json of a new (or --num-samples-changed) search."""
+    _upload_files(run_dir, ("space.yaml", "ib_semantics.json"))
 
 
 def upload_tables(run_dir: Path) -> None:
     """trials.csv and pareto.json, after each write."""
-    uri = remote_of(run_dir)
-    if uri is None:
-        return
-    for name in ("trials.csv", "pareto.json"):
-        if (run_dir / name).is_file():
-            fs.upload_file(run_dir / name, fs.join(uri, name))
+    _upload_files(run_dir, ("trials.csv", "pareto.json"))
 
 
 def upload_wandb(run_dir: Path) -> None:

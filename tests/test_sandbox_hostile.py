@@ -71,12 +71,15 @@ posix._exit(0)
 # The same, then closing every descriptor so that no failure report can follow, and returning wrong.
 FRAME_FORGERY_CLOSING = FRAME_FORGERY.replace(
     "            posix._exit(0)\n", "            posix.closerange(3, 1024)\n            return x\n")
-# Reads its own memory (made dumpable first) for the pass message and writes it everywhere.
-MEMORY_FORGERY = indent(
-    r"""
-import ctypes, posix, re
+
+
+def own_memory_scan(pattern: str, on_hit: str, otherwise: str, prelude: str = "") -> str:
+    """A completion that makes itself dumpable and searches its own writable memory for the bytes regex `pattern`,
+    running `on_hit` (one line, with `hit` bound) when found, else `otherwise`; `prelude` goes first."""
+    return indent(
+        prelude + f"""
+import ctypes, re
 ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)
-found = []
 with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
     for line in maps:
         fields = line.split()
@@ -88,15 +91,29 @@ with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
             data = mem.read(end - start)
         except (OSError, ValueError, OverflowError):
             continue
-        found += re.findall(rb'\{"outcome": "passed", "token": "[0-9a-f]{32}"\}', data)
-for fd in range(3, 1024):
-    for message in found[:1]:
+        hit = re.search({pattern}, data)
+        if hit:
+            {on_hit}
+{otherwise}
+"""
+    )
+
+
+# Reads its own memory (made dumpable first) for the pass message and writes it everywhere.
+MEMORY_FORGERY = own_memory_scan(
+    r"""rb'\{"outcome": "passed", "token": "[0-9a-f]{32}"\}'""",
+    "forge(hit.group(0))",
+    "posix._exit(0)",
+    prelude="""
+import posix
+def forge(message):
+    for fd in range(3, 1024):
         try:
             posix.write(fd, message)
         except OSError:
             pass
-posix._exit(0)
-"""
+    posix._exit(0)
+""",
 )
 
 
@@ -133,32 +150,6 @@ while frame is not None:
 return None
 """
 )
-def own_memory_scan(pattern: str, on_hit: str, otherwise: str) -> str:
-    """A completion that makes itself dumpable and searches its own writable memory for the bytes regex `pattern`,
-    running `on_hit` (with `hit` bound) when found, else `otherwise`."""
-    return indent(
-        f"""
-import ctypes, re
-ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)
-with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
-    for line in maps:
-        fields = line.split()
-        if "rw" not in fields[1]:
-            continue
-        start, end = (int(v, 16) for v in fields[0].split("-"))
-        try:
-            mem.seek(start)
-            data = mem.read(end - start)
-        except (OSError, ValueError, OverflowError):
-            continue
-        hit = re.search({pattern}, data)
-        if hit:
-            {on_hit}
-{otherwise}
-"""
-    )
-
-
 # Searches its own memory for the test's source (the regex's own text never matches it: "(" follows).
 MEMORY_OF_THE_TEST = own_memory_scan(r"""rb'== "(secret-answer-[a-z]{3})"'""", "return hit.group(1).decode()", "return None")
 
