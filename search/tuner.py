@@ -216,12 +216,12 @@ def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
 
         callbacks.append(SlimStoppedTrials(run_dir.resolve(), space.name))
     if space.wandb.mode != "disabled":
-        from ray.air.integrations.wandb import WandbLoggerCallback
+        from search.wandb_logging import WandbCallback
 
         (run_dir / "wandb").mkdir(exist_ok=True)
         os.environ["WANDB_MODE"] = space.wandb.mode
         callbacks.append(
-            WandbLoggerCallback(
+            WandbCallback(
                 project=space.wandb.project,
                 group=space.name,
                 excludes=["setup"],
