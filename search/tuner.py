@@ -185,10 +185,12 @@ def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
     from search.optuna_bridge import PrunedAwareOptunaSearch, RungMetricsLimiter
     from trainables import tune_trainable
 
-    trainable = tune.with_resources(tune_trainable.run_trial, tune_trainable.DRIVER_RESOURCES)
     param_space = {"setup": trial_setup(space, run_dir)}
     if resume:
         param_space = {"setup": align_to_recorded_setup(param_space["setup"], run_dir)}
+    # A one-worker trial's process holds its worker's resources (it trains itself); a Train run's driver holds none.
+    trainable = tune.with_resources(tune_trainable.run_trial, tune_trainable.trial_resources(param_space["setup"]))
+    if resume:
         tuner = tune.Tuner.restore(
             _storage_location(run_dir).rstrip("/") + "/" + TUNE_DIR,
             trainable=trainable,

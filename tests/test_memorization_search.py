@@ -194,15 +194,16 @@ def test_the_final_rung_reports_memorization_and_earlier_rungs_do_not(tiny_trial
 
     model, tokenizer, setup = tiny_trial
     reports = []
-    monkeypatch.setattr(tt.ray.train, "report", lambda metrics, checkpoint=None: reports.append(metrics))
 
-    class Context:
-        def get_local_rank(self):
-            return 0
+    class Side:  # where a rung's report goes (tt.TrainWorkerSide, tt.InTrialSide), recorded here
+        rank, world, local_rank, trial_root = 0, 1, 0, str(tmp_path)
+
+        def publish(self, report, checkpoint_dir):
+            reports.append(report)
 
     reporter = object.__new__(tt._RungReporter)
     reporter.setup, reporter.tap_layer, reporter.logs = setup, 0.5, []
-    reporter.context, reporter.rank, reporter.world = Context(), 0, 1
+    reporter.side, reporter.clock, reporter.rank, reporter.world = Side(), None, 0, 1
     reporter.val_problems, reporter.test_problems = [], None
     reporter._evaluate = lambda prefix, *args: {f"{prefix}/pass@1": 0.0}  # generation is tested elsewhere
     rung_steps = setup["training"]["rung_steps"]

@@ -224,18 +224,19 @@ def test_each_rung_checkpoint_gets_the_per_task_counts(tmp_path, monkeypatch):
 
     reports = []
     monkeypatch.setattr(evaluation, "run_evaluation", fake_run_evaluation)
-    monkeypatch.setattr(tt.ray.train, "report", lambda metrics, checkpoint=None: reports.append(metrics))
 
-    class Context:
-        def get_local_rank(self):
-            return 0
+    class Side:  # where a rung's report goes (tt.TrainWorkerSide, tt.InTrialSide), recorded here
+        rank, world, local_rank, trial_root = 0, 1, 0, str(tmp_path)
+
+        def publish(self, report, checkpoint_dir):
+            reports.append(report)
 
     bench = {"n": 4, "k": [1, 2], "m": [2], "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 8, "timeout": 5}
     setup = {"training": {"rung_steps": 2}, "num_rungs": 2, "validation": bench, "test": bench, "seed": 0,
              "resources": {"cpus_per_worker": 1}}
     reporter = object.__new__(tt._RungReporter)
     reporter.setup, reporter.tap_layer, reporter.prompt_format, reporter.logs = setup, 0.5, "auto", []
-    reporter.context, reporter.rank, reporter.world = Context(), 0, 1
+    reporter.side, reporter.clock, reporter.rank, reporter.world = Side(), None, 0, 1
     reporter.val_problems = [{"task_id": t} for t in ("val/0", "val/1", "val/2")]
     reporter.test_problems = [{"task_id": t} for t in ("test/0", "test/1")]
     for rung in (1, 2):

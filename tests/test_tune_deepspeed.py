@@ -66,3 +66,24 @@ def test_two_worker_zero3_trial_evaluates_out_of_step_without_hanging(tmp_path):
     assert math.isfinite(row["memorization/gap"]) and math.isfinite(row["test/pass@1"])
     shards = list((run_dir / "trials" / row["trial_id"]).rglob("deepspeed/**/*optim_states*"))
     assert len(shards) >= 2, "expected the ZeRO-3 optimizer shards of both ranks"
+
+
+def test_one_worker_deepspeed_trial_trains_in_its_own_process(tmp_path):
+    """A one-worker DeepSpeed trial (spaces/smollm2-gpu.yaml's shape) trains in the Tune trial's process, with no Ray
+    Train run: DeepSpeed sets up its own one-rank group there, and the ZeRO checkpoint lands where Ray Train puts it."""
+    space = smoke_space_file(
+        tmp_path,
+        num_samples=1,
+        max_concurrent=1,
+        resources={"workers": 1, "cpus_per_worker": 1},
+        deepspeed={"enabled": True, "zero_stage": 2, "precision": "fp32"},
+    )
+    proc = start_tune([str(space), "--name", "ds1", "--storage-path", str(tmp_path / "runs")])
+    code, out, err = finish_tune(proc, timeout=900)
+    assert code == 0, err[-4000:]
+    run_dir = tmp_path / "runs" / "ds1"
+    rows = read_trials_csv(run_dir / "trials.csv")
+    assert [r["state"] for r in rows] == ["COMPLETE"], [(r["role"], r["error"]) for r in rows]
+    trial_root = run_dir / "trials" / rows[0]["trial_id"]
+    assert not (trial_root / "checkpoint_manager_snapshot.json").exists()  # no Ray Train run behind it
+    assert list(trial_root.glob("checkpoint_*/deepspeed/**/*optim_states*"))

@@ -55,14 +55,24 @@ def read_text(path: PathLike) -> Optional[str]:
         return f.read().decode()
 
 
+def _output_stream(uri: str):
+    """A stream that replaces the object at `uri`. A file:// URI (a local disk through pyarrow) needs its folders
+    made first; an object store has none to make."""
+    import pyarrow.fs
+
+    fs, inner = filesystem(uri)
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    return fs.open_output_stream(inner)
+
+
 def write_text(path: PathLike, text: str) -> None:
     if not is_uri(path):
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
         return
-    fs, inner = filesystem(str(path))
-    with fs.open_output_stream(inner) as f:
+    with _output_stream(str(path)) as f:
         f.write(text.encode())
 
 
@@ -89,8 +99,7 @@ def remove(path: PathLike) -> None:
 
 def upload_file(local: PathLike, dest: str) -> None:
     """Copy one local file to `dest` (a URI): one object replaced whole, so a reader never sees half of it."""
-    fs, inner = filesystem(dest)
-    with open(local, "rb") as src, fs.open_output_stream(inner) as out:
+    with open(local, "rb") as src, _output_stream(dest) as out:
         while chunk := src.read(8 << 20):
             out.write(chunk)
 

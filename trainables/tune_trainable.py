@@ -4,6 +4,10 @@ The only module of `trainables` that imports ray. The search driver hands a tria
 "setup" (what every trial of the search shares, from the space file) plus the trial's IB parameters
 (alpha, beta, tap_layer, prior, kl_reduction, encoder_input, prior_options), its Optuna trial number and its role.
 
+A trial with one worker (resources.worker_in_trial, the default) trains in the Tune trial's own process instead:
+no Ray Train controller, worker group or process group to start (trainables.train.start_clock measures where a
+start goes), the same loop and hooks, its rung checkpoints stored where Ray Train stores them
+(trainables.rung_checkpoints). Otherwise
 run_trial (on the Tune side) launches a TorchTrainer whose workers run trainables.train.loop.train with
 hooks that, every rung, evaluate val Pass@k(m) (the tasks split across ranks), and at the last rung the
 test split too (and, when the space asks for it, the memorization analysis of the trained model on rank 0),
@@ -41,6 +45,18 @@ DRIVER_RESOURCES = {"cpu": 0, "memory": 64 * 1024**2}
 No CPU at all: even 0.01 CPU per driver left a 2-CPU node 0.02 short of two 1-CPU trials, so one
 Train run waited for the other to finish. Ray refuses an empty bundle, so the driver asks for a
 little memory instead (every node has that resource)."""
+
+
+def trial_resources(setup: dict[str, Any]) -> dict[str, float]:
+    """What the Tune-side function of each trial asks Ray for: one worker's CPUs (and GPUs) when the trial trains
+    in its own process (trains_in_trial), else DRIVER_RESOURCES, its Train run's workers holding the rest."""
+    if not trains_in_trial(setup):
+        return dict(DRIVER_RESOURCES)
+    resources = setup["resources"]
+    out = {"cpu": float(resources["cpus_per_worker"])}
+    if resources.get("gpus_per_worker"):
+        out["gpu"] = float(resources["gpus_per_worker"])
+    return out
 PARAM_KEYS = ("alpha", "beta", "tap_layer", "prior", "kl_reduction", "encoder_input", "prior_options")
 """The trial config keys that go into its TrainConfig's `ib` section."""
 RUNG_METRICS_FILE = "rung_metrics.json"
@@ -49,6 +65,9 @@ TASK_COUNTS_FILE = "task_counts.json"
 """Written into each rung checkpoint: {"rung", "step", "val": {task_id: [n, c]}, "test": {...} (last rung only)},
 every rank's tasks merged, so `ibft report` can bootstrap intervals over tasks (search.report.load reads it)."""
 NONFINITE_MARKER = "nonfinite_loss.txt"
+START_SECONDS_KEY = "start/seconds"
+"""Reported at every rung: seconds from the trial's start (run_trial, this run of it) to its first training batch
+(trainables.train.start_clock; the parts are in the trial's metrics.jsonl)."""
 STOPPED_MARKER = "stopped_by_asha.json"
 """Written by the driver on --resume for every trial the study holds PRUNED (RUN_DIR/trials/<id>/), holding its
 last reported result: Tune's last snapshot may still hold it RUNNING, and its restart must not train."""
@@ -113,9 +132,11 @@ def train_config_dict(setup: dict[str, Any], params: dict[str, Any], *, output_d
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable: run (or continue) this trial's Ray Train run to its end or until ASHA stops it."""
+    """Tune function trainable: run (or continue) this trial (its Ray Train run, or its loop in this process for
+    one worker: trains_in_trial) to its end or until ASHA stops it."""
     from trainables.train.config import TrainConfig
 
+    started_at = time.time()
     setup = config["setup"]
     trial_id = tune.get_context().get_trial_id()
     # RUN_DIR is a shared directory or an object-store URI (trainables.storage): the trial's markers go through
@@ -136,12 +157,19 @@ def run_trial(config: dict[str, Any]) -> None:
     train_dict = train_config_dict(setup, params, output_dir=str(work_dir), optuna_trial=config.get("optuna_trial"))
     TrainConfig.from_dict(train_dict)  # a bad combination fails here, before any worker starts
     resources = setup["resources"]
+    start_marks = {"start": started_at}  # trainables.train.start_clock: where this trial's start goes
+    if trains_in_trial(setup):
+        from trainables.train.start_clock import StartClock
+
+        start_marks["trial"] = time.time()
+        _train_in_trial(setup, train_dict, trial_id, StartClock(start_marks), marker)
+        return
     per_worker = {"CPU": resources["cpus_per_worker"]}
     if resources["gpus_per_worker"]:
         per_worker["GPU"] = resources["gpus_per_worker"]
     trainer = IBTorchTrainer(
         _worker_loop,
-        train_loop_config={"train": train_dict, "setup": setup},
+        train_loop_config={"train": train_dict, "setup": setup, "start_marks": start_marks},
         scaling_config=ScalingConfig(
             num_workers=resources["workers"],
             use_gpu=bool(resources["gpus_per_worker"]),
@@ -165,6 +193,7 @@ def run_trial(config: dict[str, Any]) -> None:
     waiting = watch_resource_wait(
         trial_id, started, resources, float((setup.get("failure") or {}).get("resource_wait_warn_s", RESOURCE_WAIT_WARN_S))
     )
+    start_marks["trial"] = time.time()  # the workers receive the config when fit() starts them
     try:
         trainer.fit()
     except Exception as e:  # Ray wraps the worker's exception; its text keeps the original type and message
@@ -252,6 +281,11 @@ def _nonfinite_reason(text: str) -> Optional[str]:
 
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
+    from trainables.train.start_clock import StartClock
+
+    clock = StartClock(loop_config.get("start_marks"))
+    clock.mark("worker_process", _process_started_at())
+    clock.mark("worker_loop")
     import torch
 
     from trainables.train import NonFiniteLossError, TrainHooks, train
@@ -281,15 +315,24 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
                 # The run finished before the trial was interrupted: report its last rung again for Tune.
                 ray.train.report(done)
                 return
-        rung = _RungReporter(setup, tap_layer=cfg.ib.tap_layer, prompt_format=cfg.data.prompt_format)
+        side = TrainWorkerSide(run_storage.join(setup["run_dir"], "trials", ray.train.get_context().get_experiment_name()))
+        rung = _RungReporter(setup, side, tap_layer=cfg.ib.tap_layer, prompt_format=cfg.data.prompt_format, clock=clock)
         rung.output_dir = cfg.output_dir
         hooks = TrainHooks(on_log=rung.on_log, on_rung=rung.on_rung, rung_every=setup["training"]["rung_steps"])
         try:
-            train(cfg, hooks=hooks, resume_from=resume_dir)
+            train(cfg, hooks=hooks, resume_from=resume_dir, start_clock=clock)
         except NonFiniteLossError as e:
             # Re-raised as a one-message error: Ray re-creates a worker's exception on the driver, and that
             # fails for NonFiniteLossError(step, components), which would lose the reason.
             raise NonFiniteTrialError(str(e)) from None
+
+
+def _process_started_at() -> float:
+    """Unix time this worker process started (a process Ray started ahead of the trial predates it: StartClock
+    then counts its part as zero)."""
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 STEP_LOG_FILE = "metrics.jsonl"
@@ -318,14 +361,13 @@ def _fetch_step_log(setup: dict[str, Any], output_dir: str, trial_root: str) -> 
         local.write_text(text)
 
 
-def _push_step_log(setup: dict[str, Any], output_dir: Optional[str]) -> None:
+def _push_step_log(setup: dict[str, Any], output_dir: Optional[str], trial_root: str) -> None:
     """Rank 0, at every rung of an object-store run: the step log up to this rung goes to the bucket."""
     if output_dir is None or not run_storage.is_uri(setup["run_dir"]):
         return
     local = Path(output_dir) / STEP_LOG_FILE
     if not local.is_file():
         return
-    trial_root = run_storage.join(setup["run_dir"], "trials", ray.train.get_context().get_experiment_name())
     run_storage.upload_file(local, _remote_step_log(setup, trial_root))
 
 
@@ -342,6 +384,82 @@ def drop_local_copy(checkpoint_dir: str, rank: int) -> None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
+class TrainWorkerSide:
+    """Where a Ray Train worker's rung reports go: ray.train.report, which stores the rung checkpoint in the Train
+    run's storage (RUN_DIR/trials/<id>/checkpoint_*) and, through TuneReportCallback, gives Tune the metrics."""
+
+    def __init__(self, trial_root: str) -> None:
+        context = ray.train.get_context()
+        self.rank, self.world, self.local_rank = context.get_world_rank(), context.get_world_size(), context.get_local_rank()
+        self.trial_root = trial_root
+
+    def publish(self, report: dict[str, Any], checkpoint_dir: str) -> None:
+        # Every rank reports (Train synchronises on it); one rank per node uploads that node's checkpoint files.
+        checkpoint = Checkpoint.from_directory(checkpoint_dir) if self.local_rank == 0 else None
+        ray.train.report(report, checkpoint=checkpoint)
+        if ray.is_initialized():
+            drop_local_copy(checkpoint_dir, self.rank)
+
+
+class InTrialSide:
+    """Where the rung reports of a trial that trains in its own Tune process go (one worker, no Ray Train): the rung
+    checkpoint into RUN_DIR/trials/<id>/ as Ray Train would store it (trainables.rung_checkpoints: moved, not
+    copied, on a shared filesystem; the last two kept), then tune.report with its path, as TuneReportCallback
+    forwards a Train report."""
+
+    rank, world, local_rank = 0, 1, 0
+
+    def __init__(self, trial_root: str) -> None:
+        self.trial_root = trial_root
+
+    def publish(self, report: dict[str, Any], checkpoint_dir: str) -> None:
+        from trainables import rung_checkpoints
+
+        path = rung_checkpoints.persist(checkpoint_dir, self.trial_root, RUNG_METRICS_FILE)
+        rung_checkpoints.prune(self.trial_root, RUNG_METRICS_FILE)
+        tune.report(dict(report, checkpoint_path=path))
+
+
+def trains_in_trial(setup: dict[str, Any]) -> bool:
+    """Whether this search's trials train in their own Tune process (resources.worker_in_trial and one worker)
+    rather than in a Ray Train worker group. A setup written before the field existed trains through Ray Train."""
+    resources = setup["resources"]
+    return int(resources["workers"]) == 1 and bool(resources.get("worker_in_trial", False))
+
+
+def _train_in_trial(setup: dict[str, Any], train_dict: dict[str, Any], trial_id: str, clock: Any, marker: str) -> None:
+    """Run (or continue) a one-worker trial's loop in this process: what _worker_loop does on a Train worker,
+    without the Train controller, worker group and process group (about 10 s of every trial's start on 2 cores,
+    docs/performance.md). The trial's process holds the worker's resources (search.tuner.trial_resources)."""
+    import torch
+
+    from trainables import rung_checkpoints
+    from trainables.train import NonFiniteLossError, TrainHooks, train
+    from trainables.train.config import TrainConfig
+
+    cfg = TrainConfig.from_dict(train_dict)
+    trial_root = run_storage.join(setup["run_dir"], "trials", trial_id)
+    _fetch_step_log(setup, cfg.output_dir, trial_root)
+    torch.set_num_threads(max(1, int(setup["resources"]["cpus_per_worker"])))
+    found = rung_checkpoints.latest(trial_root, RUNG_METRICS_FILE)
+    resume_dir = rung_checkpoints.local_copy(found, Path(cfg.output_dir) / "resume") if found else None
+    if resume_dir is not None:
+        done = _finished_metrics(resume_dir, cfg.optim.max_steps)
+        if done is not None:
+            # The run finished before the trial was interrupted: report its last rung again for Tune.
+            tune.report(done)
+            return
+    rung = _RungReporter(setup, InTrialSide(trial_root), tap_layer=cfg.ib.tap_layer,
+                         prompt_format=cfg.data.prompt_format, clock=clock)
+    rung.output_dir = cfg.output_dir
+    hooks = TrainHooks(on_log=rung.on_log, on_rung=rung.on_rung, rung_every=setup["training"]["rung_steps"])
+    try:
+        train(cfg, hooks=hooks, resume_from=str(resume_dir) if resume_dir is not None else None, start_clock=clock)
+    except NonFiniteLossError as e:
+        run_storage.write_text(marker, str(e) + "\n")
+        raise NonFiniteTrialError(str(e)) from None
+
+
 def _finished_metrics(checkpoint_dir: Path, max_steps: int) -> Optional[dict]:
     path = checkpoint_dir / RUNG_METRICS_FILE
     if not path.is_file():
@@ -353,14 +471,18 @@ def _finished_metrics(checkpoint_dir: Path, max_steps: int) -> Optional[dict]:
 class _RungReporter:
     """The hooks of one worker: collects the loss components between rungs, evaluates and reports at each rung."""
 
-    def __init__(self, setup: dict[str, Any], tap_layer: Any = 0.5, prompt_format: str = "auto") -> None:
+    def __init__(
+        self, setup: dict[str, Any], side: "TrainWorkerSide | InTrialSide", tap_layer: Any = 0.5,
+        prompt_format: str = "auto", clock: Any = None,
+    ) -> None:
         self.setup = setup
+        self.side = side
         self.tap_layer = tap_layer
         # The trial's data.prompt_format: validation and test prompts are built as its training prompts were.
         self.prompt_format = prompt_format
+        self.clock = clock  # the run's StartClock: every report says how long the trial took to start
         self.logs: list[dict[str, float]] = []
-        self.context = ray.train.get_context()
-        self.rank, self.world = self.context.get_world_rank(), self.context.get_world_size()
+        self.rank, self.world = side.rank, side.world
         self.val_problems = _rank_share(_benchmark_problems(setup["validation"], "val", setup["seed"]), self.rank, self.world)
         test = setup.get("test")
         self.test_problems = (
@@ -380,6 +502,7 @@ class _RungReporter:
             # The Ray node this rank trained on (Tune forwards rank 0's report), so a multi-node search shows
             # where each rung ran; Tune's own node_ip cannot tell apart nodes that share a machine.
             report["node_id"] = ray.get_runtime_context().get_node_id()
+        report.update(self._start_metrics())
         report.update(self._train_metrics())
         report.update(self._evaluate("val", self.setup["validation"], self.val_problems, model, tokenizer))
         if final and self.test_problems is not None:
@@ -387,20 +510,23 @@ class _RungReporter:
         memorization = self.setup.get("memorization") or {}
         if final and memorization.get("enabled"):
             report.update(self._memorization(model, tokenizer))
-        local_first = self.context.get_local_rank() == 0
-        if local_first:
+        if self.side.local_rank == 0:
             Path(checkpoint_dir, RUNG_METRICS_FILE).write_text(json.dumps(report))
             if self.task_counts:
                 counts = {"rung": rung, "step": step, **self.task_counts}
                 Path(checkpoint_dir, TASK_COUNTS_FILE).write_text(json.dumps(counts, separators=(",", ":")))
         if self.rank == 0:
-            _push_step_log(self.setup, getattr(self, "output_dir", None))
-        # Every rank reports (Train synchronises on it); one rank per node uploads that node's checkpoint files.
-        ray.train.report(report, checkpoint=Checkpoint.from_directory(checkpoint_dir) if local_first else None)
+            _push_step_log(self.setup, getattr(self, "output_dir", None), self.side.trial_root)
+        self.side.publish(report, checkpoint_dir)
         self.logs.clear()
-        if ray.is_initialized():
-            drop_local_copy(checkpoint_dir, self.rank)
         return None
+
+    def _start_metrics(self) -> dict[str, float]:
+        """start/seconds: from the trial's start (this run's, for a retried or resumed trial) to its first batch."""
+        parts = self.clock.parts() if self.clock is not None else {}
+        if "total" not in parts or "first_step" not in parts:
+            return {}
+        return {START_SECONDS_KEY: parts["total"] - parts["first_step"]}
 
     def _train_metrics(self) -> dict[str, float]:
         if not self.logs:

@@ -25,6 +25,7 @@ from trainables.train import distributed
 from trainables.train.batch_order import BatchOrder
 from trainables.train.config import TrainConfig
 from trainables.train.engine import build_engine
+from trainables.train.start_clock import START_KEY, StartClock
 
 LOSS_COMPONENTS = ("loss", "ce_loss", "kl_loss", "ib_ce_loss")
 """Loss terms of the IBModel output, logged every step and checked for finiteness."""
@@ -81,17 +82,29 @@ class TrainHooks:
     """Optimizer steps between on_rung calls (None: never)."""
 
 
-def train(cfg: TrainConfig, *, hooks: Optional[TrainHooks] = None, resume_from: Optional[str] = None) -> dict:
+def train(
+    cfg: TrainConfig,
+    *,
+    hooks: Optional[TrainHooks] = None,
+    resume_from: Optional[str] = None,
+    start_clock: Optional[StartClock] = None,
+) -> dict:
     """Run (or resume) one training run and return its summary.
 
     Resumes from `resume_from` (a step checkpoint directory) when given, else from the newest checkpoint
     in cfg.output_dir when cfg.resume is set. The summary: first/final loss, the per-step loss history,
-    steps, tokens, wall time, example counts (kept/truncated/dropped) and the final checkpoint path.
+    steps, tokens, wall time, example counts (kept/truncated/dropped), the start's parts (StartClock: marks
+    made before train() was called, e.g. by the Tune trainable, come in through `start_clock`) and the final
+    checkpoint path.
     """
+    clock = start_clock if start_clock is not None else StartClock()
+    if "start" not in clock.marks:
+        clock.mark("start")
     from trainables.data import PaddingCollator, load_examples, tokenize_examples
     from trainables.ib import IBModel
     from trainables.models import apply_lora, enable_gradient_checkpointing, load_model_and_tokenizer
 
+    clock.mark("imports")
     hooks = hooks or TrainHooks()
     if hooks.rung_every is not None and hooks.rung_every < 1:
         raise ConfigError(f"rung_every must be a positive int or None, got {hooks.rung_every!r}")
@@ -102,6 +115,7 @@ def train(cfg: TrainConfig, *, hooks: Optional[TrainHooks] = None, resume_from: 
 
     _seed_all(cfg.seed)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
+    clock.mark("model_load")
     peft_model = apply_lora(model, cfg.lora, cfg.seed)
     if cfg.optim.gradient_checkpointing:
         # Before the IB model and any engine wrap it: DeepSpeed and DDP must see the checkpointed blocks.
@@ -116,6 +130,7 @@ def train(cfg: TrainConfig, *, hooks: Optional[TrainHooks] = None, resume_from: 
         ib_model = IBModel(peft_model, cfg.ib)
     if cfg.deepspeed is None:
         ib_model.to(device)
+    clock.mark("adapters")
 
     examples = load_examples(cfg.data, cfg.seed)
     features, data_stats = tokenize_examples(
@@ -129,6 +144,7 @@ def train(cfg: TrainConfig, *, hooks: Optional[TrainHooks] = None, resume_from: 
         )
     collate = PaddingCollator(tokenizer.pad_token_id)
     order = BatchOrder(len(features), batch_size=cfg.optim.batch_size, seed=cfg.seed, rank=rank, world_size=world)
+    clock.mark("data")
 
     engine = build_engine(LossTerms(ib_model), cfg, device)
     step, history, totals = 0, [], {"tokens": 0, "target_tokens": 0, "train_time_s": 0.0}
@@ -141,6 +157,7 @@ def train(cfg: TrainConfig, *, hooks: Optional[TrainHooks] = None, resume_from: 
     else:
         # Dropout and IB noise differ across ranks, like any data-parallel run's.
         _seed_all(cfg.seed + 1_000_003 * rank)
+    clock.mark("engine")
 
     ib_model.train()
     run_started = time.perf_counter()
@@ -185,6 +202,9 @@ def train(cfg: TrainConfig, *, hooks: Optional[TrainHooks] = None, resume_from: 
             step_time_s=step_time,
         )
         history.append(metrics["loss"])
+        if "first_step" not in clock.marks:
+            clock.mark("first_step")
+            _log_start(output_dir, clock, resumed=resume_dir is not None)
         totals["tokens"] += metrics["tokens"]
         totals["target_tokens"] += metrics["target_tokens"]
         if step % cfg.log_every == 0 or step == cfg.optim.max_steps:
@@ -221,6 +241,7 @@ def train(cfg: TrainConfig, *, hooks: Optional[TrainHooks] = None, resume_from: 
         "wall_time_s": time.perf_counter() - started,
         "examples": {"loaded": len(examples), **data_stats},
         "stopped_early": stopped_early,
+        "start_s": clock.parts(),
         "resumed_from": str(resume_dir) if resume_dir is not None else None,
         "engine": engine.name,
         "world_size": world,
@@ -269,6 +290,15 @@ def _log(output_dir: Path, step: int, metrics: dict[str, float], hooks: TrainHoo
             f.write(json.dumps({"step": step, **metrics}) + "\n")
     if hooks.on_log is not None:
         hooks.on_log(step, dict(metrics))
+
+
+def _log_start(output_dir: Path, clock: StartClock, *, resumed: bool) -> None:
+    """Rank 0 appends the start's parts to metrics.jsonl once, after the first step (no "step" key: readers of the
+    step records skip it)."""
+    if distributed.is_main_process():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with open(output_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps({START_KEY: clock.parts(), "resumed": resumed}) + "\n")
 
 
 def _write_step_checkpoint(cfg, step, engine, peft_model, ib_model, order, history, totals) -> Path:
