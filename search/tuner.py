@@ -3,7 +3,8 @@
 RUN_DIR layout: space.yaml (the space the search runs), ib_semantics.json (what its unset params.kl_reduction /
 params.encoder_input mean; a run without it predates them: search.space.run_ib_semantics), optuna.db (study
 named after the search, so `optuna-dashboard sqlite:///RUN_DIR/optuna.db` opens it), tune/ (Ray's results and experiment state),
-trials/<trial_id>/ (each trial's Ray Train run: checkpoints), wandb/, trials.csv and pareto.json.
+trials/<trial_id>/ (each trial's Ray Train run: checkpoints), wandb/, logs/ (what a quiet console leaves out:
+search.console), trials.csv and pareto.json.
 RUN_DIR may be an object-store URI (s3://...): then `run_dir` here is the driver's local staging directory of it
 (search.storage), Ray and the trials write to the URI, and search.storage_sync.RunSync keeps the URI's copy of the
 study, tables and W&B runs current.
@@ -86,21 +87,30 @@ def _storage_location(run_dir: Path) -> str:
     return remote_of(run_dir) or str(run_dir.resolve())
 
 
-def _connect(address: Optional[str]) -> None:
+def _connect(address: Optional[str], log_files: Any = None) -> None:
+    """Start (or join) Ray. `log_files` (search.console.LogFiles, a quiet search): Ray's and Optuna's driver
+    records below ERROR and every worker's output go to RUN_DIR/logs/ instead of the console."""
     import ray
 
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return
+    if log_files is not None:
+        log_files.route_driver_logs()  # before ray.init: its start-up notices go to the file too
     ray.init(
         # "local" always starts a private cluster: plain None would join any `ray start` cluster on
         # the machine, and a search without --address must not land on someone else's cluster.
         address=address or "local",
         runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENV}},
+        # Worker output reaches the driver either way: on the console, or (quiet) the files of log_files.
         log_to_driver=True,
-        logging_level="WARNING",
+        logging_level="INFO" if log_files is not None else "WARNING",
     )
+    if log_files is not None:
+        from search.console import ray_session_logs
+
+        log_files.announce(ray_session_logs(), workers_routed=log_files.route_worker_output())
     _stop_on_sigterm_like_ctrl_c()
 
 
@@ -163,18 +173,34 @@ class _GridSamplerForTune(optuna.samplers.GridSampler):
 
 
 class StderrReporter(CLIReporter):
-    """Ray's trial table on stderr (stdout carries the machine-readable summary)."""
+    """Ray's trial table on stderr (stdout carries the machine-readable summary), each table followed by the
+    search's progress line (search.console.progress_line) when given the space's `progress` spec."""
+
+    def __init__(self, *args: Any, progress: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._progress = progress
 
     def _print(self, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    def report(self, trials: list, done: bool, *sys_info: str) -> None:
+        super().report(trials, done, *sys_info)
+        if getattr(self, "_progress", None) is not None:  # a reporter pickled before it had one has none
+            from search.console import tune_trials_progress
+
+            self._print(tune_trials_progress(trials, self._progress))
+
 
 def _reporter(space: SearchSpace) -> StderrReporter:
+    from search.console import ProgressSpec
+
     metrics = {"rung": "rung", "train/loss": "loss"}
     for name in dict.fromkeys([space.asha.metric] + [o.metric for o in space.objectives]):
         metrics[name] = name
     params = {"role": "role", "alpha": "alpha", "beta": "beta", "tap_layer": "tap", "prior": "prior"}
-    return StderrReporter(metric_columns=metrics, parameter_columns=params, max_report_frequency=30)
+    return StderrReporter(
+        metric_columns=metrics, parameter_columns=params, max_report_frequency=30, progress=ProgressSpec.of(space)
+    )
 
 
 def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
@@ -206,7 +232,9 @@ def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
     scheduler = make_scheduler(space)
     from search.pg_reaper import PlacementGroupReaper
 
-    callbacks: list = [PlacementGroupReaper()]
+    from search.console import SearchConsole
+
+    callbacks: list = [PlacementGroupReaper(), SearchConsole.of(space)]  # trial start/end/error lines
     from search.storage import remote_of
 
     if remote_of(run_dir) is not None:
@@ -445,17 +473,39 @@ def _check_cluster_fits(space: SearchSpace, address: Optional[str]) -> None:
 
 
 def run_search(
-    space: SearchSpace, run_dir: Path, *, resume: bool, address: Optional[str], retry_failed: bool = False
+    space: SearchSpace,
+    run_dir: Path,
+    *,
+    resume: bool,
+    address: Optional[str],
+    retry_failed: bool = False,
+    verbose: bool = True,
 ) -> SearchOutcome:
     """Run (or resume) the search to completion, or until Ctrl-C; always writes the tables. `retry_failed`
-    (`--retry-failed`): configurations whose trial FAILed may be proposed and trained again."""
+    (`--retry-failed`): configurations whose trial FAILed may be proposed and trained again. `verbose` False
+    (`ibft tune` without --verbose): Ray's worker output and driver notices go to RUN_DIR/logs/ (search.console)."""
     from search.optuna_bridge import RETRY_FAILED_ENV
 
     if retry_failed:
         os.environ[RETRY_FAILED_ENV] = "1"  # read by the searcher at every proposal, also once Tune restored it
     else:
         os.environ.pop(RETRY_FAILED_ENV, None)
-    _connect(address)
+    from search.console import LogFiles
+
+    log_files = None if verbose else LogFiles(run_dir)
+    try:
+        return _run_search(
+            space, run_dir, resume=resume, address=address, retry_failed=retry_failed, log_files=log_files
+        )
+    finally:
+        if log_files is not None:
+            log_files.close()
+
+
+def _run_search(
+    space: SearchSpace, run_dir: Path, *, resume: bool, address: Optional[str], retry_failed: bool, log_files: Any
+) -> SearchOutcome:
+    _connect(address, log_files)
     _check_cluster_fits(space, address)
     from search.storage_sync import check_nodes_can_write
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import sqlite3
 import time
@@ -38,9 +39,39 @@ def test_search_finishes_and_prints_the_front(smoke_run):
     assert "ASHA " in smoke_run["err"]  # one line per ASHA decision
     # Ray Train's PlacementGroupCleaner polls the State API, which this minimal Ray install does not serve:
     # left in, it printed this once a second per trial and outlived every trial ASHA stopped.
-    assert "Failed to query Ray Train Controller" not in smoke_run["err"]
+    workers_log = smoke_run["run_dir"] / "logs" / "workers.log"  # where worker output goes (search.console)
+    assert "Failed to query Ray Train Controller" not in smoke_run["err"] + workers_log.read_text()
     for name in ("optuna.db", "trials.csv", "pareto.json", "tune", "space.yaml"):
         assert (smoke_run["run_dir"] / name).exists(), name
+
+
+def test_default_console_has_the_search_lines_and_sends_the_rest_to_log_files(smoke_run):
+    """Without --verbose: no W&B banner, no Ray Train or worker lines on the console, but the trial start/end lines,
+    the ASHA decisions, the error and progress lines; the rest is in RUN_DIR/logs/, whose paths are printed."""
+    err, run_dir = smoke_run["err"], smoke_run["run_dir"]
+    assert smoke_run["code"] == 0, err[-3000:]
+    logs = run_dir / "logs"
+    assert f"logs: Ray worker output -> {logs / 'workers.log'}; W&B -> {logs / 'wandb.log'}" in err
+    for noise in ("wandb:", "W&B syncing is set to", "Setting up process group", "Checkpoint successfully created",
+                  "Reporting training result", "Loading weights", "FutureWarning", "Trial task failed for trial",
+                  "Token authentication is enabled", "A new study created"):
+        assert noise not in err, noise
+    assert not re.search(r"\((?:\w+ )?pid=\d+", err), "a Ray worker's line on the console"
+    assert "W&B syncing is set to `offline`" in (logs / "wandb.log").read_text()
+    assert "Trial task failed for trial" in (logs / "driver.log").read_text()  # the whole traceback, kept
+
+    rows = read_trials_csv(run_dir / "trials.csv")
+    ends = {"COMPLETE": "finished at rung 2/2", "PRUNED": "stopped at rung 1/2", "ERROR": "ERROR after rung"}
+    for r in rows:
+        label = f"trial {r['trial_id']} (#{r['optuna_trial']}, {r['role']})"
+        assert f"{label} started: alpha=" in err, label
+        assert f"{label} {ends[r['state']]}" in err, (label, r["state"])
+    error = next(line for line in err.splitlines() if " ERROR after rung " in line)
+    assert "NonFiniteTrialError: non-finite loss" in error
+    assert Path(re.search(r"\[traceback: (.+)\]$", error).group(1)).is_file(), error
+    assert re.search(r"^ASHA \S+ rung 1/2: .* -> (CONTINUE|STOP)$", err, re.M)
+    assert re.search(r"^progress: 5/5 trials ended \(\d+ finished, \d+ stopped, 1 errored\), 0 running \| "
+                     r"budget \d+/20 steps \(\d+%\), \d+/10 trial-rungs \| front \d+ trial\(s\), hypervolume ", err, re.M)
 
 
 def test_wandb_offline_writes_one_run_per_trial_grouped_by_the_search(smoke_run):
@@ -186,9 +217,13 @@ def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path):
         if t.state == TrialState.PRUNED and "ray_trial_id" in t.user_attrs
     }
 
-    resumed = start_tune(["--resume", str(run_dir)])
+    workers_log = run_dir / "logs" / "workers.log"
+    logged = workers_log.read_text() if workers_log.exists() else ""
+    resumed = start_tune(["--resume", str(run_dir), "--verbose"])  # --verbose: Ray's output as Ray prints it
     code, out, err = finish_tune(resumed, timeout=1500)
     assert code == 0, err[-3000:]
+    assert "logs: Ray worker output" not in err and (workers_log.read_text() if workers_log.exists() else "") == logged
+    assert re.search(r"^trial \S+ \(#\d+, \w+\) (finished|stopped) at rung", err, re.M)  # printed either way
     # ASHA's rungs come back from the recorded results, and a trial it stopped never trains again.
     assert "rung record(s) restored from the recorded results" in err
     assert {t: _rungs_reported(run_dir, t) for t in stopped} == stopped

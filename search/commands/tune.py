@@ -1,10 +1,11 @@
 """`ibft tune SPACE.yaml`: run a hyperparameter search (Ray Tune + Optuna + ASHA), or resume one.
 
 The space file is validated before Ray starts (a bad file costs no cluster time), and a GPU space's per-GPU memory
-estimate is printed and checked against resources.gpu_memory_gib (search.memory_check). Ray's trial table and one
-line per ASHA decision go to stderr; at the end the Pareto front is printed as a table on stderr and the
-run's JSON summary on stdout. Ctrl-C, or SIGTERM (`ray job stop`, `kill`), stops cleanly: the run can be continued
-with --resume RUN_DIR.
+estimate is printed and checked against resources.gpu_memory_gib (search.memory_check). Ray's trial table with a
+progress line, one line per ASHA decision, per trial start and end and per error go to stderr (search.console);
+Ray's worker output (Ray Train, transformers, W&B) goes to RUN_DIR/logs/, or with --verbose to the console as
+Ray prints it. At the end the Pareto front is printed as a table on stderr and the run's JSON summary on stdout.
+Ctrl-C, or SIGTERM (`ray job stop`, `kill`), stops cleanly: the run can be continued with --resume RUN_DIR.
 """
 from __future__ import annotations
 
@@ -44,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start a GPU space even when the per-GPU memory estimate says a trial does not fit "
         "resources.gpu_memory_gib (the estimate is printed either way)",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print Ray's worker output (Ray Train, transformers, W&B) and Ray's driver notices on the console as "
+        "Ray does, instead of into RUN_DIR/logs/workers.log, wandb.log and driver.log",
     )
     parser.add_argument(
         "--retry-failed",
@@ -148,7 +155,14 @@ def run(args: argparse.Namespace) -> int:
     space, run_dir, resume = resolve_run(args)
     from search.tuner import run_search
 
-    outcome = run_search(space, run_dir, resume=resume, address=args.address, retry_failed=args.retry_failed)
+    outcome = run_search(
+        space,
+        run_dir,
+        resume=resume,
+        address=args.address,
+        retry_failed=args.retry_failed,
+        verbose=getattr(args, "verbose", False),
+    )
     objectives = [o.metric for o in space.objectives]
     print_front(outcome["pareto"], objectives)
     emit_result(outcome)
