@@ -8,6 +8,9 @@
     t_start  seconds from a trial's start to its first step: Ray Train workers, model load, engine set-up
              (rung 1's `time_this_iter_s` minus its steps and its validation)
 
+and where a trial's start goes: the median of each part the trials recorded in metrics.jsonl ({"start": ...},
+trainables.train.start_clock.START_PARTS), from the Tune function's start to the end of the first step.
+
 It then prints the GPU-hours (or core-hours) the run's own space would cost under the formula, at ASHA's
 ideal budget and at full budget. Reads only files; needs no Ray.
 
@@ -38,14 +41,16 @@ def json_lines(path: Path) -> list[dict]:
 
 def trial_paces(run_dir: Path) -> dict[str, list[float]]:
     """Per-quantity samples over every trial of the run that reported at least one rung."""
-    samples: dict[str, list[float]] = {"step": [], "val": [], "first_val": [], "test": [], "start": []}
+    samples: dict[str, list[float]] = {"step": [], "val": [], "first_val": [], "test": [], "start": [], "parts": []}
     for result_file in sorted((run_dir / "tune").glob("*/result.json")):
         results = [r for r in json_lines(result_file) if r.get("rung") is not None]
         trial_id = results[0].get("trial_id") if results else None
         metrics_file = run_dir / "trials" / str(trial_id) / "work" / "metrics.jsonl"
         if not results or not metrics_file.is_file():
             continue
-        steps = [r["step_time_s"] for r in json_lines(metrics_file) if "step_time_s" in r]
+        rows = json_lines(metrics_file)
+        steps = [r["step_time_s"] for r in rows if "step_time_s" in r]
+        samples["parts"] += [r["start"] for r in rows if isinstance(r.get("start"), dict) and not r.get("resumed")]
         samples["step"] += steps[WARMUP_STEPS:]
         first = results[0]
         samples["first_val"].append(first["val/eval_seconds"])
@@ -54,6 +59,22 @@ def trial_paces(run_dir: Path) -> dict[str, list[float]]:
         first_rung_steps = steps[: int(first.get("step") or 0)]
         samples["start"].append(first["time_this_iter_s"] - sum(first_rung_steps) - first["val/eval_seconds"])
     return samples
+
+
+def print_start_parts(parts: list[dict[str, float]]) -> None:
+    """The median of each start part over the trials' first starts (a resumed start is left out), in START_PARTS order."""
+    if not parts:
+        print("start parts: none recorded (a run made before trials recorded them)")
+        return
+    from trainables.train.start_clock import START_PARTS
+
+    print(f"where a start goes (median over {len(parts)} trial start(s), seconds; to the end of the first step):")
+    for name in [*START_PARTS, "total"]:
+        values = [p[name] for p in parts if name in p]
+        if values:
+            spread = f"  ({min(values):.2f}-{max(values):.2f})" if len(values) > 1 else ""
+            what = START_PARTS.get(name, "from the trial's start to the end of its first step")
+            print(f"  {name:<15} {statistics.median(values):7.2f}{spread:<16} {what}")
 
 
 def asha_budget(num_samples: int, num_rungs: int, rung_steps: int, grace: int, rf: int) -> dict[str, float]:
@@ -85,11 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     if not samples["step"]:
         print(f"no trial of {args.run_dir} has reported a rung yet", file=sys.stderr)
         return 1
+    parts = samples.pop("parts")
     t = {name: statistics.median(values) if values else 0.0 for name, values in samples.items()}
     for name, unit in (("step", "s/step"), ("first_val", "s"), ("val", "s"), ("test", "s"), ("start", "s")):
         values = samples[name]
         spread = f" ({min(values):.3g}-{max(values):.3g}, n={len(values)})" if values else " (none yet)"
         print(f"t_{name:<9} {t[name]:8.3f} {unit}{spread}")
+
+    print_start_parts(parts)
 
     training, num_rungs = space.training, space.num_rungs
     gpus = args.gpus_per_trial

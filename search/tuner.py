@@ -270,7 +270,11 @@ def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
             ),
             scheduler=scheduler,
             num_samples=space.num_samples,
-            reuse_actors=False,
+            # A trial that trains in its own process hands that process to the next trial (Tune resets the function
+            # trainable): its Python modules, the model file's pages and the allocator are warm, so the next start
+            # skips a process start, the imports and most of the model load (docs/performance.md, trial start).
+            # A Ray Train trial's process only waits on its run: nothing there to reuse.
+            reuse_actors=tune_trainable.trains_in_trial(param_space["setup"]),
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR,

@@ -8,17 +8,18 @@ Each `ray start --block` runs in a session of its own; every process a node star
 workers it forks) keeps that session id, which is how the test kills exactly one node's processes (the
 node loss: SIGKILL, no goodbye to the GCS) and, at the end, everything it started.
 
-The smoke search runs 4 trials, 2 at a time, one Ray Train worker (1 CPU) each, so with one CPU per node one
-trial trains on each node. Each rung report carries the Ray node id of the trial's rank-0 worker. Once the Train
-run of a trial on the worker node has committed its rung-1 checkpoint, the worker node is killed; the search
-must still finish every trial exactly once (Tune retries the trial: failure.max_failures 1) and the retried
-trial must continue from its rung-1 checkpoint on the head node rather than from step 0.
+The smoke search runs 4 trials, 2 at a time, one worker (1 CPU) each, trained in the trial's own process
+(resources.worker_in_trial), so with one CPU per node one trial trains on each node. Each rung report carries
+the Ray node id of the process that trained it. Once a trial on the worker node has committed its rung-1
+checkpoint, the worker node is killed; the search must still finish every trial exactly once (Tune retries the
+trial: failure.max_failures 1) and the retried trial must continue from its rung-1 checkpoint on the head node
+rather than from step 0.
 
-What Ray does (Ray 2.60, Train V2): the Train controller's worker health check fails within seconds (the
-worker's actor is unreachable), the Train run fails (its own FailureConfig allows no retries), so the Tune
-trial errors; Tune retries it once the head has a free CPU, and the new TorchTrainer, named after the trial,
-finds the run's snapshot in storage and resumes from the last committed checkpoint. Storage is a local path,
-which both "nodes" share here as a cluster's nodes share their storage_path.
+What Ray does (Ray 2.60): the trial's actor dies with its node, so the Tune trial errors; Tune retries it once
+the head has a free CPU, and the new run of the trial finds its newest complete checkpoint in
+RUN_DIR/trials/<id>/ (trainables.rung_checkpoints) and resumes from it. A multi-worker trial goes the same way
+through Ray Train (its run, named after the trial, finds its snapshot in the same folder). Storage is a local
+path, which both "nodes" share here as a cluster's nodes share their storage_path.
 """
 from __future__ import annotations
 
@@ -348,18 +349,22 @@ def _trial_results(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def _committed_rungs(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """trial_id -> the rung reports whose checkpoint its Ray Train run has committed (what a restarted run resumes
-    from), read from each run's checkpoint_manager_snapshot.json: written the moment Train registers a rung's
-    checkpoint, before the report reaches Tune's result.json."""
+    """trial_id -> the rung reports whose checkpoint is committed (what a restarted trial resumes from), oldest
+    first: every complete checkpoint in RUN_DIR/trials/<id>/ (trainables.rung_checkpoints, which reads the rung's
+    report in each; a one-worker trial renames its checkpoint into place whole, before it reports to Tune)."""
+    from trainables import rung_checkpoints
+    from trainables.tune_trainable import RUNG_METRICS_FILE
+
     committed = {}
-    for path in (run_dir / "trials").glob("*/checkpoint_manager_snapshot.json"):
-        try:
-            snapshot = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # being rewritten
-        committed[path.parent.name] = [
-            dict(r["metrics"], checkpoint_dir_name=r["checkpoint_dir_name"]) for r in snapshot["checkpoint_results"]
-        ]
+    for trial_root in (run_dir / "trials").glob("*"):
+        rows = []
+        for _, name, path in rung_checkpoints.complete(str(trial_root), RUNG_METRICS_FILE):
+            try:
+                rows.append(dict(json.loads(Path(path, RUNG_METRICS_FILE).read_text()), checkpoint_dir_name=name))
+            except (OSError, ValueError):
+                continue  # removed (pruned) while being read
+        if rows:
+            committed[trial_root.name] = rows
     return committed
 
 

@@ -121,7 +121,9 @@ def test_a_checkpoint_without_its_commit_file_is_never_resumed_from(tmp_path):
 def test_in_trial_and_ray_train_paths_train_identically(tmp_path):
     """The same two trials (baseline and paper: fixed configs, one seed) through Ray Train and in the trial's own
     process: the same loss at every step, the same adapter and IB head at every rung, the same rung metrics, the
-    checkpoints in the same place; and only the in-trial path skips Ray Train's controller."""
+    checkpoints in the same place; and only the in-trial path skips Ray Train's controller. In-trial, one trial at
+    a time, the paper trial runs in the process the baseline trained in (Tune reuses it): what a trial may inherit
+    from an earlier one changes nothing it computes."""
     from search.results import read_trials_csv
     from smoke_search import finish_tune, smoke_space_file, start_tune
 
@@ -131,6 +133,7 @@ def test_in_trial_and_ray_train_paths_train_identically(tmp_path):
         space = smoke_space_file(
             tmp_path / name,
             num_samples=2,
+            max_concurrent=1 if in_trial else 2,
             asha={"metric": "val/pass@2(2)", "grace_period": 2, "reduction_factor": 2, "max_rungs": 2},
             resources={"workers": 1, "cpus_per_worker": 1, "worker_in_trial": in_trial},
             memorization={"enabled": False},
@@ -163,6 +166,8 @@ def test_in_trial_and_ray_train_paths_train_identically(tmp_path):
         own_start = _start_parts(own_root)
         assert "worker_process" not in own_start and {"model_load", "first_step"} <= set(own_start)
         assert {"worker_process", "worker_loop", "model_load"} <= set(_start_parts(train_root))
+    pids = {role: _start_record(root)["pid"] for role, (root, _) in runs["intrial"].items()}
+    assert pids["baseline"] == pids["paper"], pids  # the second trial reused the first one's process
 
 
 def _step_losses(trial_root: Path) -> list[tuple[int, float, float, float]]:
@@ -174,6 +179,10 @@ def _rung_checkpoints(trial_root: Path) -> dict[int, Path]:
     return {json.loads((p / COMMIT).read_text())["rung"]: p for p in trial_root.glob("checkpoint_*") if (p / COMMIT).is_file()}
 
 
-def _start_parts(trial_root: Path) -> dict[str, float]:
+def _start_record(trial_root: Path) -> dict:
     rows = [json.loads(line) for line in (trial_root / "work" / "metrics.jsonl").read_text().splitlines()]
-    return next(r["start"] for r in rows if "start" in r)
+    return next(r for r in rows if "start" in r)
+
+
+def _start_parts(trial_root: Path) -> dict[str, float]:
+    return _start_record(trial_root)["start"]

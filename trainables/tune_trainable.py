@@ -431,12 +431,19 @@ def _train_in_trial(setup: dict[str, Any], train_dict: dict[str, Any], trial_id:
     """Run (or continue) a one-worker trial's loop in this process: what _worker_loop does on a Train worker,
     without the Train controller, worker group and process group (about 10 s of every trial's start on 2 cores,
     docs/performance.md). The trial's process holds the worker's resources (search.tuner.trial_resources)."""
+    import gc
+
     import torch
 
     from trainables import rung_checkpoints
     from trainables.train import NonFiniteLossError, TrainHooks, train
     from trainables.train.config import TrainConfig
 
+    # Tune reuses this process for the next trial (search.tuner: reuse_actors): whatever the previous trial's loop
+    # left in reference cycles goes now, not when the collector next happens to run, and its GPU blocks with it.
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     cfg = TrainConfig.from_dict(train_dict)
     trial_root = run_storage.join(setup["run_dir"], "trials", trial_id)
     _fetch_step_log(setup, cfg.output_dir, trial_root)

@@ -298,7 +298,8 @@ def _log_start(output_dir: Path, clock: StartClock, *, resumed: bool) -> None:
     if distributed.is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
         with open(output_dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps({START_KEY: clock.parts(), "resumed": resumed}) + "\n")
+            # The pid tells a start in a fresh process from one in a process an earlier trial used.
+            f.write(json.dumps({START_KEY: clock.parts(), "resumed": resumed, "pid": os.getpid()}) + "\n")
 
 
 def _write_step_checkpoint(cfg, step, engine, peft_model, ib_model, order, history, totals) -> Path:
