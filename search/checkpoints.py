@@ -128,19 +128,38 @@ class SlimStoppedTrials(Callback):
     def __init__(self, run_dir: Path, study_name: str) -> None:
         self._run_dir = Path(run_dir)
         self._study_name = study_name
+        self._storage: Any = None
+
+    def __getstate__(self) -> dict:  # pickled into Tune's tuner.pkl: without the open SQLite engine
+        return {**self.__dict__, "_storage": None}
+
+    def _state_of(self, number: int) -> Any:
+        """The study's state of trial `number`.
+
+        Runs in Tune's loop at every trial end. It used to open a new SQLite storage (engine, schema check) and
+        load the whole study (every trial with its params and attributes, O(trials)) for one state, so the
+        driver's work per trial grew with the search; now the storage is opened once and one row is read."""
+        from search.tuner import OPTUNA_DB, open_study_storage
+
+        if getattr(self, "_storage", None) is None:  # (getattr: a callback unpickled from an older tuner.pkl)
+            self._storage = open_study_storage(self._run_dir / OPTUNA_DB)
+        storage = self._storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(self._study_name), number
+        )
+        return storage.get_trial(trial_id).state
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         import optuna
 
         from search.optuna_bridge import OPTUNA_NUMBER_KEY
-        from search.tuner import OPTUNA_DB, TRIALS_DIR, open_study_storage
+        from search.tuner import TRIALS_DIR
 
         number = (trial.config or {}).get(OPTUNA_NUMBER_KEY)
         if not isinstance(number, int):
             return
         try:
-            study = optuna.load_study(study_name=self._study_name, storage=open_study_storage(self._run_dir / OPTUNA_DB))
-            state = study.get_trials(deepcopy=False)[number].state
+            state = self._state_of(number)
         except Exception:  # never let book-keeping stop the search; the files just stay
             return
         if state == optuna.trial.TrialState.PRUNED:

@@ -19,7 +19,7 @@ from trainables.errors import ConfigError
 class RunSync(Callback):
     """Tune callback of a search whose RUN_DIR is a URI: uploads a consistent snapshot of the Optuna study after
     every change of it (checked at the end of each step of Tune's loop, which is where the searcher asks and tells,
-    and at every trial event), and the offline W&B runs when a trial ends and when the experiment ends.
+    and at every trial end), and the offline W&B runs when a trial ends and when the experiment ends.
 
     A change is seen from the file's size and mtime, and, while the file is younger than a second (two commits in
     one mtime tick of the same size), from its checksum.
@@ -62,8 +62,9 @@ class RunSync(Callback):
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self.sync_study()
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self.sync_study()
+    # No on_trial_result: it uploaded a snapshot of the whole study for every result, inside Tune's per-result
+    # processing; the searcher's writes for a result (ask/tell, intermediate values) happen in the same step of
+    # Tune's loop, and on_step_end uploads them right after, once for all the step's results.
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.sync_study()
@@ -78,10 +79,32 @@ class RunSync(Callback):
         self._wandb()
 
     def _wandb(self) -> None:
+        # Only the files that changed since this callback last uploaded them (size, mtime): storage.upload_wandb
+        # copies the whole wandb/ tree, every run of the search so far, and this runs at every trial end, so the
+        # driver's uploads per trial grew with the number of trials (O(trials^2) over a search).
+        uri = storage.remote_of(self._run_dir)
+        root = self._run_dir / "wandb"
+        if uri is None or not root.is_dir():
+            return
+        uploaded = self.__dict__.setdefault("_wandb_uploaded", {})  # (setdefault: not in tuner.pkl's state)
+        now: dict[str, tuple] = {}
+
+        def skip(rel: str) -> bool:
+            if rel.endswith(".lock"):
+                return True
+            try:
+                st = (root / rel).stat()
+            except OSError:
+                return True  # gone since it was listed
+            now[rel] = (st.st_mtime_ns, st.st_size)
+            return uploaded.get(rel) == now[rel]
+
         try:
-            storage.upload_wandb(self._run_dir)
-        except Exception as e:
+            fs.upload_tree(root, fs.join(uri, "wandb"), skip=skip)
+        except Exception as e:  # nothing recorded: the next call uploads the changed files again
             print(f"warning: uploading W&B runs failed ({storage.one_line(e)})", file=sys.stderr, flush=True)
+            return
+        uploaded.update(now)
 
 
 PROBE_TIMEOUT_S = 120.0

@@ -102,6 +102,12 @@ def test_the_callback_slims_only_trials_the_study_holds_as_pruned(tmp_path):
     engine_states = {n: len(list((tmp_path / "trials" / f"t{n}").rglob("trainer_state.pt"))) for n in states}
     # Pruned: slimmed. Complete: kept as written. Running (cut off by an interrupt, resumable): kept.
     assert engine_states == {0: 0, 1: 3, 2: 3}
+    # The storage it opened once for all trial ends stays out of Tune's tuner.pkl; a loaded one opens its own.
+    import pickle
+
+    assert callback._storage is not None
+    loaded = pickle.loads(pickle.dumps(callback))
+    assert loaded._storage is None and loaded._state_of(0) == TrialState.PRUNED
 
 
 def test_keep_checkpoints_defaults_to_the_last_adapter_and_all_keeps_everything(tmp_path):
