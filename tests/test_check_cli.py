@@ -109,11 +109,13 @@ def test_pass_at_k_of_m_and_not_computable_metrics(tmp_path, capsys):
     assert "pass@10" not in summary and "pass@10" in summary["not_computed"]
     assert "pass@10 not computed" in err
     assert summary["n_tasks"] == 2 and summary["n_samples"] == 8
-    assert set(summary["isolation"]) == {"network", "filesystem", "user", "namespaces", "cgroup", "verdicts",
-                                         "weaknesses", "not_contained"}
+    assert set(summary["isolation"]) == {"network", "filesystem", "user", "namespaces", "cgroup", "seccomp",
+                                         "minimal_root", "verdicts", "weaknesses", "not_contained"}
     if os.geteuid() == 0:  # what this machine provides is reported (issue 18)
         assert summary["isolation"]["namespaces"] == {"network": True, "mount": True, "pid": True, "ipc": True}
         assert "harness" in summary["isolation"]["verdicts"]
+        assert summary["isolation"]["minimal_root"] is True
+        assert summary["isolation"]["seccomp"]["mode"] == "denylist"
 
 
 def test_malformed_lines_are_reported_and_the_rest_checked(example_files, capsys):

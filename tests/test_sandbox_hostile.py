@@ -3,9 +3,11 @@
 Each hostile completion would *pass* (or leave a trace the test looks for) if its attack worked;
 every one of them passed or left its trace on the sandbox before issue 18. Classes:
 1 forged verdicts, 2 state carried between samples of one server, 3 a poisoned work folder,
-4 no PID/IPC namespace, 5 host files (the samples file and .env), 6 a memory limit per process only,
-7 semantic tricks. What stays uncontained (other world-readable host files, Unix sockets, Verilog
-designs reading their testbench) is listed in docs/sandbox.md.
+4 no PID/IPC namespace, 5 host files (the samples file and .env, then any world-readable host file or
+Unix socket: the minimal root), 6 a memory limit per process only, 7 semantic tricks; and the kernel's
+system calls (the seccomp filter), whose probes are the other way round: each passes only when its call
+was refused with EPERM (it succeeds without the filter), so no unrelated error can pass for a refusal.
+What stays uncontained (Verilog designs reading their testbench, ...) is listed in docs/sandbox.md.
 """
 import ctypes
 import os
@@ -479,3 +481,186 @@ return x + 1 if found else x
     assert code == 0
     assert results[0]["passed"]
     assert not results[1]["passed"], "a sample read the samples file or the .env beside it"
+
+
+# Kernel attack surface (the seccomp filter). Each probe returns the right answer only when the
+# call was refused with EPERM: on a sandbox without the filter each of these calls succeeds.
+def _syscall_probe(call: str) -> str:
+    return indent(
+        f"""
+import ctypes, posix, time
+libc = ctypes.CDLL(None, use_errno=True)
+def sys(nr, *args):
+    ctypes.set_errno(0)
+    result = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    return result, ctypes.get_errno()
+{call}
+return x + 1 if result == -1 and error == 1 else x
+"""
+    )
+
+
+SECCOMP_PROBES = {
+    # PTRACE_ATTACH (16) to its own child, made dumpable first (a uid switch clears it): Yama
+    # allows a descendant of the same uid, so this works unfiltered.
+    "ptrace": """
+sys(157, 4, 1)
+child = posix.fork()
+if child == 0:
+    time.sleep(5)
+    posix._exit(0)
+result, error = sys(101, 16, child, 0, 0)
+posix.kill(child, 9)
+posix.waitpid(child, 0)
+""",
+    # unshare(CLONE_NEWUSER): a user namespace, where the sample would hold every capability.
+    "unshare": "result, error = sys(272, 0x10000000)",
+    # keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL): a new session keyring (kernel keyring code).
+    "keyctl": "result, error = sys(250, 1, 0)",
+    # clone(CLONE_NEWUSER | SIGCHLD): the namespace through clone instead of unshare.
+    "clone-new-namespace": """
+result, error = sys(56, 0x10000000 | 17, 0, 0, 0, 0)
+if result == 0:
+    posix._exit(0)
+if result > 0:
+    posix.waitpid(result, 0)
+""",
+}
+
+
+@needs_root
+@pytest.mark.parametrize("call", list(SECCOMP_PROBES), ids=list(SECCOMP_PROBES))
+def test_kernel_calls_a_sample_has_no_use_for_are_refused(call):
+    (result,) = check([_syscall_probe(SECCOMP_PROBES[call])])
+    assert result["passed"], f"{call} was not refused with EPERM: {result}"
+
+
+# What samples do need keeps working under the filter: threads (clone3 -> clone fallback), fork,
+# spawning a program, and the personality query.
+NEEDED_CALLS = indent(
+    """
+import os, posix, threading, ctypes
+done = []
+worker = threading.Thread(target=lambda: done.append(1))
+worker.start()
+worker.join()
+child = posix.fork()
+if child == 0:
+    posix._exit(7)
+_, status = posix.waitpid(child, 0)
+spawned = posix.posix_spawn("/bin/sh", ["sh", "-c", "exit 3"], {})
+_, spawn_status = posix.waitpid(spawned, 0)
+persona = ctypes.CDLL(None, use_errno=True).personality(0xFFFFFFFF)
+ok = done == [1] and posix.waitstatus_to_exitcode(status) == 7 and posix.waitstatus_to_exitcode(spawn_status) == 3
+return x + 1 if ok and persona != -1 else x
+"""
+)
+
+
+@needs_root
+def test_the_filter_keeps_threads_fork_and_spawning_working():
+    (result,) = check([NEEDED_CALLS])
+    assert result["passed"], result
+
+
+@needs_root
+def test_isolation_report_names_the_seccomp_filter_and_the_minimal_root():
+    with Checker(workers=1, limits=SandboxLimits(timeout=5.0)) as checker:
+        checker.check(PROBLEMS, [{"task_id": "t/inc", "completion": GOOD}])
+        isolation = checker.isolation
+    assert isolation["minimal_root"] and isolation["filesystem"].startswith("minimal root"), isolation
+    assert not any("minimal root" in w for w in isolation["weaknesses"]), isolation["weaknesses"]
+    assert isolation["seccomp"]["mode"] == "denylist", isolation
+    assert {"ptrace", "unshare", "setns", "keyctl", "bpf", "mount"} <= set(isolation["seccomp"]["denied"])
+    assert not any("seccomp" in w for w in isolation["weaknesses"]), isolation["weaknesses"]
+
+
+def test_without_libseccomp_the_filter_is_a_reported_weakness(monkeypatch):
+    """No libseccomp (or no binding): the server still starts, and says what is missing."""
+    from trainables.execution import sandbox
+
+    monkeypatch.setitem(sys.modules, "pyseccomp", None)  # `import pyseccomp` now raises ImportError
+    iso = sandbox.Isolation()
+    sandbox.prepare_seccomp(iso)
+    assert iso.seccomp == {"mode": "none"}
+    assert any(w.startswith("no seccomp filter") for w in iso.weaknesses), iso.weaknesses
+    assert sandbox._SECCOMP_FPROG is None
+
+
+# Host files outside the samples file's folder (class 5): the sample's root holds only the
+# interpreter, the libraries and the simulators, so a world-readable file or a Unix socket file any
+# uid may connect to, in an ordinary host folder (not /tmp, which is private anyway), is not there.
+@pytest.fixture
+def host_folder():
+    import shutil
+
+    folder = f"/var/lib/ibft-hostile-{uuid.uuid4().hex[:8]}"
+    os.makedirs(folder, mode=0o755)
+    os.chmod(folder, 0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@needs_root
+def test_class5_a_world_readable_host_file_is_not_in_the_samples_root(host_folder):
+    secret = os.path.join(host_folder, "notes.txt")
+    with open(secret, "w") as f:
+        f.write("hostile-world-readable-secret\n")
+    os.chmod(secret, 0o644)
+    reader = indent(
+        f"""
+try:
+    with open({secret!r}) as f:
+        return x + 1 if "hostile-world-readable-secret" in f.read() else x
+except OSError:
+    return x
+"""
+    )
+    good, hostile = check([GOOD, reader])
+    assert good["passed"]
+    assert not hostile["passed"], "a sample read a world-readable host file"
+
+
+@needs_root
+def test_class5_a_host_unix_socket_any_uid_may_use_is_not_reachable(host_folder):
+    import socket
+    import threading
+
+    path = os.path.join(host_folder, "agent.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    os.chmod(path, 0o777)
+    server.listen(4)
+    accepted = []
+
+    def accept():
+        server.settimeout(20)
+        try:
+            while True:
+                conn, _ = server.accept()
+                accepted.append(1)
+                conn.close()
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    client = indent(
+        f"""
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect({path!r})
+except OSError:
+    return x
+return x + 1
+"""
+    )
+    try:
+        good, hostile = check([GOOD, client])
+    finally:
+        server.close()
+    assert good["passed"]
+    assert not hostile["passed"] and not accepted, "a sample connected to a host Unix socket"

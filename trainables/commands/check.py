@@ -31,7 +31,8 @@ def hidden_host_files(samples_path: str) -> tuple[str, ...]:
 
 def isolation_summary(isolation: dict) -> dict:
     """What the sandbox servers actually set up on this machine (docs/sandbox.md): namespaces, the
-    per-sample cgroup, where verdicts are decided, and every weakness found."""
+    per-sample cgroup, the system-call filter, the minimal root, where verdicts are decided, and every weakness
+    found."""
     shared = isolation.get("filesystem", "shared with the host") == "shared with the host"
     return {
         "network": isolation.get("network"),
@@ -44,6 +45,8 @@ def isolation_summary(isolation: dict) -> dict:
             "ipc": bool(isolation.get("ipc_namespace")),
         },
         "cgroup": isolation.get("cgroup"),
+        "seccomp": isolation.get("seccomp"),
+        "minimal_root": bool(isolation.get("minimal_root")),
         "verdicts": isolation.get("verdicts"),
         "weaknesses": list(isolation.get("weaknesses", [])),
         "not_contained": list(isolation.get("not_contained", [])),
