@@ -55,3 +55,30 @@ def test_a_run_without_results_is_reported_not_priced(tmp_path):
     (tmp_path / "space.yaml").write_text((ROOT / "spaces" / "smoke.yaml").read_text())
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "search_pace.py"), str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 1 and "has reported a rung" in done.stderr
+
+
+def test_start_parts_print_in_order_with_their_medians(capsys):
+    parts = [{"trial": 0.5, "model_load": 3.0, "first_step": 5.0, "total": 8.5},
+             {"trial": 0.1, "model_load": 1.0, "first_step": 6.0, "total": 7.1},
+             {"trial": 0.3, "model_load": 2.0, "first_step": 4.0, "total": 6.3}]
+    search_pace.print_start_parts(parts)
+    lines = capsys.readouterr().out.splitlines()
+    assert "median over 3 trial start(s)" in lines[0]
+    assert [line.split()[0] for line in lines[1:]] == ["trial", "model_load", "first_step", "total"]
+    assert lines[2].split()[1] == "2.00" and "(1.00-3.00)" in lines[2]
+    search_pace.print_start_parts([])
+    assert "none recorded" in capsys.readouterr().out
+
+
+def test_trial_start_bench_cuts_the_space_and_chooses_the_trial_path(tmp_path):
+    import trial_start
+    from search.space import load_space
+
+    for in_trial in (False, True):
+        path = trial_start.short_space(ROOT / "spaces" / "smollm2-python.yaml", tmp_path / f"{in_trial}.yaml",
+                                       in_trial=in_trial, rung_steps=2)
+        space = load_space(path)  # still a valid space
+        assert (space.training.max_steps, space.training.rung_steps, space.num_rungs) == (4, 2, 2)
+        assert space.resources.worker_in_trial is in_trial
+        assert (space.validation.tasks, space.test.tasks) == (3, 2)
+        assert space.num_samples == 6 and space.max_concurrent == 2  # the demo's trials and concurrency
