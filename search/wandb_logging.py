@@ -48,6 +48,23 @@ class WandbCallback(WandbLoggerCallback):
         self._outbox: dict = {}  # trial -> [queue items not sent yet], in order
         self._in_flight: dict = {}  # trial -> ObjectRef of its one put_nowait_batch call not known to be done
 
+    def _start_logging_actor(self, trial: Any, exclude_results: list, **wandb_init_kwargs: Any) -> None:
+        if not self._remote_logger_class:
+            # Ray's actor class, without restarts: Ray lets it restart for ever, and so prints a C++ error line to the
+            # console ("has constructor arguments in the object store and max_restarts > 0") for the first trial of
+            # every search. The actor runs on the driver's node (it dies only with the driver), and a restart could
+            # not rebuild it anyway once its constructor's arguments were gone.
+            import os
+
+            from ray.air.integrations.wandb import WANDB_ENV_VAR
+            from ray.air.util.node import _force_on_current_node
+
+            env_vars = {WANDB_ENV_VAR: os.environ[WANDB_ENV_VAR]} if WANDB_ENV_VAR in os.environ else {}
+            self._remote_logger_class = ray.remote(
+                num_cpus=0, **_force_on_current_node(), runtime_env={"env_vars": env_vars}
+            )(self._logger_actor_cls)
+        super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
+
     def __setstate__(self, state: dict) -> None:
         # Tuner.restore unpickles the callback from tuner.pkl, possibly one pickled by code without the outboxes.
         self.__dict__.update(state)
