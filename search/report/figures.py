@@ -34,9 +34,10 @@ def trial_name(trial: TrialRecord) -> str:
 
 
 def marks(facts: Facts) -> list[tuple[TrialRecord, str, str, str]]:
-    """(trial, marker symbol, color, text position) of the preset trials that ran: the baseline (star), the
+    """(trial, marker symbol, color, text position) of the preset trials that ran: the baseline (star, its label right
+    above it: to its right it reads as the label of a front point close by), the
     paper trial (diamond), the space's own presets (squares)."""
-    out = [(t, "star", BASELINE_COLOR, "top right") for t in [facts.baseline] if t is not None]
+    out = [(t, "star", BASELINE_COLOR, "top center") for t in [facts.baseline] if t is not None]
     out += [(t, "diamond", PAPER_COLOR, "bottom right") for t in [facts.paper] if t is not None]
     out += [(t, "square", PRESET_COLORS[i % len(PRESET_COLORS)], "middle right") for i, t in enumerate(facts.presets)]
     return out
