@@ -175,17 +175,6 @@ def synthetic_result(rng: random.Random, space: Any, trial_id: str, rung: int, c
     return result
 
 
-def _live_logging_actors(callbacks: list) -> int:
-    """W&B logging actors whose run has not returned yet (each a process with its own W&B service)."""
-    import ray
-
-    futures = [f for c in callbacks for f in getattr(c, "_trial_logging_futures", {}).values()]
-    if not futures:
-        return 0
-    _, remaining = ray.wait(futures, num_returns=len(futures), timeout=0)
-    return len(remaining)
-
-
 class Mirror:
     """A list of callbacks fed the events of another run (drive's), each call timed, with its own stub trials
     (Tune's loggers keep one file per trial object) under storage_root."""

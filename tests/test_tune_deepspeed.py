@@ -19,19 +19,24 @@ from smoke_search import ROOT, finish_tune, smoke_space_file, start_tune
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
-def test_two_worker_deepspeed_trials_run_to_the_end(tmp_path):
+def _zero2_search(tmp_path, name: str, workers: int) -> tuple:
+    """Two trials, one at a time, of `workers` DeepSpeed ZeRO-2 workers each: (run dir, trials.csv rows)."""
     space = smoke_space_file(
         tmp_path,
         num_samples=2,
         max_concurrent=1,
-        resources={"workers": 2, "cpus_per_worker": 1},
+        resources={"workers": workers, "cpus_per_worker": 1},
         deepspeed={"enabled": True, "zero_stage": 2, "precision": "fp32"},
     )
-    proc = start_tune([str(space), "--name", "ds", "--storage-path", str(tmp_path / "runs")])
+    proc = start_tune([str(space), "--name", name, "--storage-path", str(tmp_path / "runs")])
     code, out, err = finish_tune(proc, timeout=1200)
     assert code == 0, err[-4000:]
-    run_dir = tmp_path / "runs" / "ds"
-    rows = read_trials_csv(run_dir / "trials.csv")
+    run_dir = tmp_path / "runs" / name
+    return run_dir, read_trials_csv(run_dir / "trials.csv")
+
+
+def test_two_worker_deepspeed_trials_run_to_the_end(tmp_path):
+    run_dir, rows = _zero2_search(tmp_path, "ds", workers=2)
     assert sorted(r["role"] for r in rows) == ["baseline", "paper"]
     assert {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"}, [(r["role"], r["error"]) for r in rows]
     for row in rows:
@@ -73,18 +78,7 @@ def test_one_worker_deepspeed_trial_trains_in_its_own_process(tmp_path):
     """One-worker DeepSpeed trials (spaces/smollm2-gpu.yaml's shape) train in the Tune trial's process, with no Ray
     Train run: DeepSpeed sets up its own one-rank group there, the second trial reuses it in the same process, and
     the ZeRO checkpoints land where Ray Train puts them."""
-    space = smoke_space_file(
-        tmp_path,
-        num_samples=2,
-        max_concurrent=1,
-        resources={"workers": 1, "cpus_per_worker": 1},
-        deepspeed={"enabled": True, "zero_stage": 2, "precision": "fp32"},
-    )
-    proc = start_tune([str(space), "--name", "ds1", "--storage-path", str(tmp_path / "runs")])
-    code, out, err = finish_tune(proc, timeout=900)
-    assert code == 0, err[-4000:]
-    run_dir = tmp_path / "runs" / "ds1"
-    rows = read_trials_csv(run_dir / "trials.csv")
+    run_dir, rows = _zero2_search(tmp_path, "ds1", workers=1)
     assert {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"} and len(rows) == 2, [(r["role"], r["error"]) for r in rows]
     pids = set()
     for row in rows:
