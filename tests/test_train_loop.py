@@ -126,7 +126,8 @@ def test_logs_every_component_writes_checkpoints_and_a_loadable_final(tmp_path):
     ]
     assert [s for s, _ in ckpt.list_checkpoints(out)] == [4, 5]
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in lines] == [2, 4, 5]
+    assert [line["step"] for line in lines if "step" in line] == [2, 4, 5]
+    assert [set(line) for line in lines if "step" not in line] == [{"start", "resumed", "pid"}]  # the start's parts, once
     assert summary["steps"] == 5 and summary["checkpoint"] == str(out / "final")
     examples = summary["examples"]
     assert examples["loaded"] == 12 and examples["kept"] + examples["dropped"] == 12 and examples["kept"] > 0
