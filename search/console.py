@@ -40,14 +40,13 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 from ray.tune import Callback
 
 from search.optuna_bridge import OPTUNA_NUMBER_KEY, ROLE_KEY, RUNG_KEY
+from trainables.train.start_clock import START_SECONDS_KEY  # (optional in a result: runs before it lack it)
 
 LOGS_DIR = "logs"
 WORKERS_LOG = "workers.log"
 WANDB_LOG = "wandb.log"
 DRIVER_LOG = "driver.log"
 
-START_SECONDS_KEY = "start/seconds"
-"""Result key (optional): seconds from the trial's start to its first training batch."""
 STEP_KEY = "step"
 TIME_KEY = "time_total_s"
 """Tune's result key: seconds the trial has run."""

@@ -38,6 +38,7 @@ from trainables import storage as run_storage
 from trainables.errors import ConfigError
 from trainables.ib.config import LEGACY_SEMANTICS
 from trainables.ray_trainer import IBTorchTrainer
+from trainables.train.start_clock import START_SECONDS_KEY
 
 DRIVER_RESOURCES = {"cpu": 0, "memory": 64 * 1024**2}
 """The Tune-side function only waits on its Train run; the run's workers hold the real resources.
@@ -65,9 +66,6 @@ TASK_COUNTS_FILE = "task_counts.json"
 """Written into each rung checkpoint: {"rung", "step", "val": {task_id: [n, c]}, "test": {...} (last rung only)},
 every rank's tasks merged, so `ibft report` can bootstrap intervals over tasks (search.report.load reads it)."""
 NONFINITE_MARKER = "nonfinite_loss.txt"
-START_SECONDS_KEY = "start/seconds"
-"""Reported at every rung: seconds from the trial's start (run_trial, this run of it) to its first training batch
-(trainables.train.start_clock; the parts are in the trial's metrics.jsonl)."""
 STOPPED_MARKER = "stopped_by_asha.json"
 """Written by the driver on --resume for every trial the study holds PRUNED (RUN_DIR/trials/<id>/), holding its
 last reported result: Tune's last snapshot may still hold it RUNNING, and its restart must not train."""
@@ -288,7 +286,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     clock.mark("worker_loop")
     import torch
 
-    from trainables.train import NonFiniteLossError, TrainHooks, train
+    from trainables.train import NonFiniteLossError
     from trainables.train.config import TrainConfig
 
     setup = loop_config["setup"]
@@ -308,23 +306,32 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
         _fetch_step_log(setup, cfg.output_dir, trial_root)
     torch.set_num_threads(max(1, int(setup["resources"]["cpus_per_worker"])))
     checkpoint = ray.train.get_checkpoint()
+    side = TrainWorkerSide(run_storage.join(setup["run_dir"], "trials", ray.train.get_context().get_experiment_name()))
     with checkpoint.as_directory() if checkpoint is not None else nullcontext(None) as resume_dir:
-        if resume_dir is not None:
-            done = _finished_metrics(Path(resume_dir), cfg.optim.max_steps)
-            if done is not None:
-                # The run finished before the trial was interrupted: report its last rung again for Tune.
-                ray.train.report(done)
-                return
-        side = TrainWorkerSide(run_storage.join(setup["run_dir"], "trials", ray.train.get_context().get_experiment_name()))
-        rung = _RungReporter(setup, side, tap_layer=cfg.ib.tap_layer, prompt_format=cfg.data.prompt_format, clock=clock)
-        rung.output_dir = cfg.output_dir
-        hooks = TrainHooks(on_log=rung.on_log, on_rung=rung.on_rung, rung_every=setup["training"]["rung_steps"])
         try:
-            train(cfg, hooks=hooks, resume_from=resume_dir, start_clock=clock)
+            _train_with_rungs(setup, cfg, side, clock, resume_dir, report_again=ray.train.report)
         except NonFiniteLossError as e:
             # Re-raised as a one-message error: Ray re-creates a worker's exception on the driver, and that
             # fails for NonFiniteLossError(step, components), which would lose the reason.
             raise NonFiniteTrialError(str(e)) from None
+
+
+def _train_with_rungs(setup: dict[str, Any], cfg: Any, side: "TrainWorkerSide | InTrialSide", clock: Any,
+                      resume_dir: Optional[str | Path], report_again: Any) -> None:
+    """The loop of one worker (a Train worker's or the trial's own), its rungs reported through `side`, continued
+    from `resume_dir` (a rung checkpoint) when given. A run that had already finished only reports its last rung
+    again (`report_again`: ray.train.report or tune.report) for Tune. NonFiniteLossError propagates."""
+    from trainables.train import TrainHooks, train
+
+    if resume_dir is not None:
+        done = _finished_metrics(Path(resume_dir), cfg.optim.max_steps)
+        if done is not None:
+            report_again(done)
+            return
+    rung = _RungReporter(setup, side, tap_layer=cfg.ib.tap_layer, prompt_format=cfg.data.prompt_format, clock=clock)
+    rung.output_dir = cfg.output_dir
+    hooks = TrainHooks(on_log=rung.on_log, on_rung=rung.on_rung, rung_every=setup["training"]["rung_steps"])
+    train(cfg, hooks=hooks, resume_from=str(resume_dir) if resume_dir is not None else None, start_clock=clock)
 
 
 def _process_started_at() -> float:
@@ -436,7 +443,7 @@ def _train_in_trial(setup: dict[str, Any], train_dict: dict[str, Any], trial_id:
     import torch
 
     from trainables import rung_checkpoints
-    from trainables.train import NonFiniteLossError, TrainHooks, train
+    from trainables.train import NonFiniteLossError
     from trainables.train.config import TrainConfig
 
     # Tune reuses this process for the next trial (search.tuner: reuse_actors): whatever the previous trial's loop
@@ -450,18 +457,8 @@ def _train_in_trial(setup: dict[str, Any], train_dict: dict[str, Any], trial_id:
     torch.set_num_threads(max(1, int(setup["resources"]["cpus_per_worker"])))
     found = rung_checkpoints.latest(trial_root, RUNG_METRICS_FILE)
     resume_dir = rung_checkpoints.local_copy(found, Path(cfg.output_dir) / "resume") if found else None
-    if resume_dir is not None:
-        done = _finished_metrics(resume_dir, cfg.optim.max_steps)
-        if done is not None:
-            # The run finished before the trial was interrupted: report its last rung again for Tune.
-            tune.report(done)
-            return
-    rung = _RungReporter(setup, InTrialSide(trial_root), tap_layer=cfg.ib.tap_layer,
-                         prompt_format=cfg.data.prompt_format, clock=clock)
-    rung.output_dir = cfg.output_dir
-    hooks = TrainHooks(on_log=rung.on_log, on_rung=rung.on_rung, rung_every=setup["training"]["rung_steps"])
     try:
-        train(cfg, hooks=hooks, resume_from=str(resume_dir) if resume_dir is not None else None, start_clock=clock)
+        _train_with_rungs(setup, cfg, InTrialSide(trial_root), clock, resume_dir, report_again=tune.report)
     except NonFiniteLossError as e:
         run_storage.write_text(marker, str(e) + "\n")
         raise NonFiniteTrialError(str(e)) from None

@@ -26,6 +26,9 @@ START_PARTS: dict[str, str] = {
 """Each part of a start, in order, and what it covers (the part ends at the mark of the same name)."""
 START_KEY = "start"
 """The key of the metrics.jsonl record that holds a run's start parts."""
+START_SECONDS_KEY = "start/seconds"
+"""The result key every rung of a trial reports (trainables.tune_trainable): seconds from the trial's start (this
+run of it) to its first training batch, i.e. the parts' total less the first step."""
 
 
 class StartClock:
