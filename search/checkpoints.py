@@ -22,13 +22,16 @@ LOCAL_STEP_CHECKPOINTS = ("work", "checkpoints")
 """The train loop's own step checkpoints under the trial directory (written before Ray copies each rung's)."""
 
 
-def _rung_of(checkpoint: Path) -> int:
-    import json
+RUNG_METRICS = "rung_metrics.json"
+"""What each rung checkpoint holds of its rung's report (trainables.tune_trainable.RUNG_METRICS_FILE)."""
 
-    try:
-        return int(json.loads((checkpoint / "rung_metrics.json").read_text()).get("rung", -1))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return -1
+
+def _rung_checkpoints(trial_root: str) -> list[tuple[int, str, str]]:
+    """(rung, name, path) of every checkpoint folder of the trial (local path or URI), by rung then name; rung -1
+    where the rung's metrics are missing (a half-written copy)."""
+    from trainables import rung_checkpoints
+
+    return [(rung, name, path) for rung, name, path, _ in rung_checkpoints.listing(trial_root, RUNG_METRICS)]
 
 
 def _size(path: Path) -> int:
@@ -56,9 +59,7 @@ def _choose(checkpoints: list[tuple[int, str, Any]], reported_rung: Optional[int
 def slim_stopped_trial(trial_root: Path, reported_rung: Optional[int] = None) -> int:
     """Keep the rung checkpoint of a stopped trial's last reported rung (the newest when None) without its engine
     state; remove its other rung checkpoints and the loop's own step checkpoints. Returns the bytes freed."""
-    checkpoints = sorted(
-        (_rung_of(p), p.name, p) for p in trial_root.glob("checkpoint_*") if p.is_dir()
-    )
+    checkpoints = [(rung, name, Path(path)) for rung, name, path in _rung_checkpoints(str(trial_root))]
     doomed: list[Path] = []
     chosen = _choose(checkpoints, reported_rung)
     if chosen is not None:
@@ -82,26 +83,13 @@ def slim_stopped_trial_uri(trial_uri: str, reported_rung: Optional[int] = None) 
     """slim_stopped_trial for a trial of an object-store run (search.storage): the same choice of what goes, made
     through pyarrow.fs (there is no loop step checkpoint in the bucket: the work dir is node-local). Returns the
     bytes freed."""
-    import json
-
     import pyarrow.fs
 
     from trainables import storage
 
     fs, root = storage.filesystem(trial_uri)
     root = root.rstrip("/")
-    entries = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-    checkpoints = []
-    for info in entries:
-        if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
-            continue
-        try:
-            with fs.open_input_stream(f"{info.path}/rung_metrics.json") as f:
-                rung = int(json.loads(f.read().decode()).get("rung", -1))
-        except (OSError, ValueError, TypeError, AttributeError):
-            rung = -1
-        checkpoints.append((rung, info.base_name, info.path))
-    checkpoints.sort()
+    checkpoints = [(rung, name, f"{root}/{name}") for rung, name, _ in _rung_checkpoints(trial_uri)]
     doomed: list[str] = []
     chosen = _choose(checkpoints, reported_rung)
     if chosen is not None:

@@ -60,20 +60,25 @@ def persist(step_dir: str | Path, trial_root: str, commit_file: str) -> str:
     return target
 
 
-def complete(trial_root: str, commit_file: str) -> list[tuple[int, str, str]]:
-    """(rung, name, path) of the trial's complete checkpoints, oldest first (by rung, then by name)."""
+def listing(trial_root: str, commit_file: str) -> list[tuple[int, str, str, bool]]:
+    """(rung, name, path, committed) of every checkpoint folder of the trial, by rung then name: `committed` when
+    its commit file is there; `rung` as that file says, -1 when it is missing or unreadable. Whichever path wrote
+    them (Ray Train's or this module's), so the slimming of stopped trials (search/checkpoints.py) reads them here too."""
     found = []
     for name in _checkpoint_names(trial_root):
         path = storage.join(trial_root, name)
         text = storage.read_text(storage.join(path, commit_file))
-        if text is None:
-            continue
         try:
-            rung = int(json.loads(text).get("rung", -1))
+            rung = int(json.loads(text).get("rung", -1)) if text is not None else -1
         except (ValueError, TypeError, AttributeError):
             rung = -1
-        found.append((rung, name, path))
+        found.append((rung, name, path, text is not None))
     return sorted(found)
+
+
+def complete(trial_root: str, commit_file: str) -> list[tuple[int, str, str]]:
+    """(rung, name, path) of the trial's complete checkpoints, oldest first (by rung, then by name)."""
+    return [(rung, name, path) for rung, name, path, committed in listing(trial_root, commit_file) if committed]
 
 
 def latest(trial_root: str, commit_file: str) -> Optional[str]:
