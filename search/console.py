@@ -202,27 +202,10 @@ class Progress:
         return self.finished + self.stopped + self.errored
 
 
-def _is_rate(metric: str) -> bool:
-    return metric.rsplit("/", 1)[-1].startswith("pass@")
-
-
-def hypervolume_reference(objectives: Sequence[tuple[str, str]], points: Sequence[Sequence[float]]) -> list[float]:
-    """Worst corner, as the report takes it (search.report.analysis.reference_point): a pass rate's own bound,
-    else the worst value among `points`."""
-    reference = []
-    for i, (metric, mode) in enumerate(objectives):
-        if _is_rate(metric):
-            reference.append(0.0 if mode == "max" else 1.0)
-            continue
-        seen = [p[i] for p in points if math.isfinite(p[i])]
-        reference.append((min(seen) if mode == "max" else max(seen)) if seen else 0.0)
-    return reference
-
-
 def compute_progress(trials: Iterable[tuple[str, dict]], spec: ProgressSpec) -> Progress:
     """Progress of a search from (Tune status, last result) per trial: status PENDING, RUNNING, PAUSED,
     TERMINATED (finished when its last rung is num_rungs, else stopped) or ERROR."""
-    from search.pareto import hypervolume, non_dominated
+    from search.pareto import hypervolume, non_dominated, reference_point
 
     p = Progress(num_samples=spec.num_samples, num_rungs=spec.num_samples * spec.num_rungs,
                  max_steps=spec.num_samples * spec.max_steps)
@@ -252,7 +235,7 @@ def compute_progress(trials: Iterable[tuple[str, dict]], spec: ProgressSpec) -> 
         modes = [mode for _, mode in spec.objectives]
         front = [points[i] for i in non_dominated(points, modes)]
         p.front = len(front)
-        p.hypervolume = hypervolume(front, modes, hypervolume_reference(spec.objectives, points))
+        p.hypervolume = hypervolume(front, modes, reference_point(spec.objectives, points))
     return p
 
 

@@ -117,3 +117,22 @@ def keeps_at_rung(current: Point, recorded: Sequence[Point], modes: Sequence[str
     points = [current, *recorded]  # index 0: the current trial wins ties by input order
     place = promotion_order(points, modes).index(0)
     return place < math.ceil(len(points) / reduction_factor)
+
+
+def is_pass_rate(metric: str) -> bool:
+    """Whether a result key is a pass rate (val/pass@1, test/pass@10(10), ...): bounded by 0 and 1."""
+    return metric.rsplit("/", 1)[-1].startswith("pass@")
+
+
+def reference_point(objectives: Sequence[tuple[str, str]], points: Sequence[Point]) -> list[float]:
+    """Worst corner for the hypervolume of (metric, mode) objectives: a pass rate's own bound (0 when maximised,
+    1 when minimised), else the worst finite value among `points` (0 when there is none), so every point counts
+    from the same corner as a search goes. The report and the console's progress line both take it."""
+    reference = []
+    for i, (metric, mode) in enumerate(objectives):
+        if is_pass_rate(metric):
+            reference.append(0.0 if mode == "max" else 1.0)
+            continue
+        seen = [p[i] for p in points if math.isfinite(p[i])]
+        reference.append((min(seen) if mode == "max" else max(seen)) if seen else 0.0)
+    return reference

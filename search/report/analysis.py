@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from search.pareto import hypervolume, non_dominated
+from search.pareto import reference_point as pareto_reference_point
 from search.report.load import COMPLETE, ERROR, PRUNED, UNFINISHED, RunData, TrialRecord
 
 MIN_TRIALS_FOR_IMPORTANCE = 3
@@ -148,21 +149,9 @@ def split_front(
 
 
 def reference_point(objectives: list[dict[str, str]], trials: list[TrialRecord]) -> list[float]:
-    """Worst corner for the hypervolume: a pass rate's own bound (0 when maximised, 1 when minimised), else
-    the worst value any evaluated trial reached (so every trial counts from the same corner as the search goes)."""
-    reference = []
-    for o in objectives:
-        maximise = o["mode"] == "max"
-        if _is_rate(o["metric"]):
-            reference.append(0.0 if maximise else 1.0)
-            continue
-        seen = [t.metrics[o["metric"]] for t in trials if math.isfinite(t.metrics.get(o["metric"], math.nan))]
-        reference.append((min(seen) if maximise else max(seen)) if seen else 0.0)
-    return reference
-
-
-def _is_rate(metric: str) -> bool:
-    return metric.rsplit("/", 1)[-1].startswith("pass@")
+    """Worst corner for the hypervolume (search.pareto.reference_point) over the trials' objective values."""
+    points = [[t.metrics.get(o["metric"], math.nan) for o in objectives] for t in trials]
+    return pareto_reference_point([(o["metric"], o["mode"]) for o in objectives], points)
 
 
 def hypervolume_progress(run: RunData, reference: list[float]) -> list[HypervolumePoint]:

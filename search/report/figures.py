@@ -8,6 +8,7 @@ from typing import Any, Optional
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from search.pareto import is_pass_rate
 from search.report.analysis import MEMORIZATION_GAP, Facts, memorization_gap, objective_values, test_metric
 from search.report.load import COMPLETE, PRUNED, TrialRecord
 
@@ -119,15 +120,11 @@ def pareto_figure(facts: Facts) -> go.Figure:
     plotted = [t for t in [*facts.front, *facts.dominated, *stopped] if _has_objectives(t, metrics)]
     _mark_shared_points(fig, plotted, xy)
     for axis, index in (("xaxis", 0), ("yaxis", 1)):
-        if two and _is_rate_metric(metrics[index]):
+        if two and is_pass_rate(metrics[index]):
             values = [v for t in plotted for v in [objective_values(t, objectives)[index]] if math.isfinite(v)]
             high = max([0.05, *values])
             fig.update_layout({axis: dict(range=[-0.03 * high, 1.08 * high])})
     return fig
-
-
-def _is_rate_metric(metric: str) -> bool:
-    return metric.rsplit("/", 1)[-1].startswith("pass@")
 
 
 def _mark_shared_points(fig: go.Figure, trials: list[TrialRecord], xy) -> None:
