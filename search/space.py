@@ -247,6 +247,41 @@ class SearchedParams(_Strict):
         return {k: v for k, v in out.items() if isinstance(v, Domain)}
 
 
+class MemorizedSection(_Strict):
+    """model.memorized: the trials' base is the model after memorizing a data set (the memorization-barrier
+    testbed; mirrors trainables.train.config.MemorizedBase, whose checks it runs). `ibft tune` builds it once
+    before the first trial (or finds it cached); `ibft memorize SPACE.yaml` builds it on its own."""
+
+    data: str = "builtin:python-functions"
+    """Source of the examples the base memorizes; the barrier space fine-tunes on the same source."""
+    max_examples: Optional[int] = None
+    """Memorize only the first N examples after the seeded shuffle (all when unset)."""
+    epochs: float = 6.0
+    """Passes over the examples: more passes, stronger memorization."""
+    lr: float = 1.0e-3
+    """Peak learning rate of the memorizing fine-tune (cosine, 5% warm-up)."""
+    lora_r: int = 64
+    """Rank of the LoRA adapter that is merged into the weights."""
+    batch_size: int = 8
+    """Examples per optimizer step."""
+    max_length: int = 256
+    """Tokens per example."""
+    prompt_format: str = "auto"
+    """Format the examples are memorized in; the barrier space trains in the same (data.prompt_format)."""
+    seed: int = 0
+    """Seeds the order, the adapter's initialisation and dropout."""
+
+    @model_validator(mode="after")
+    def _recipe_checks(self) -> "MemorizedSection":
+        from trainables.train.config import MemorizedBase
+
+        try:
+            MemorizedBase(**self.model_dump())
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+
 class ModelSection(_Strict):
     """Base model of every trial."""
 
@@ -260,6 +295,25 @@ class ModelSection(_Strict):
     """LlamaConfig overrides of the tiny random model (tests)."""
     num_layers: Optional[int] = Field(default=None, ge=1)
     """Depth of the model, to check tap layers before any trial starts; known for the project's named models."""
+    memorized: Optional[MemorizedSection] = None
+    """Start every trial from this model after it has memorized a data set (the memorization-barrier testbed)."""
+
+    def base_config(self):
+        """The base model as a trainables ModelConfig, without its memorized recipe (see memorized_recipe)."""
+        from trainables.train.config import ModelConfig
+
+        return ModelConfig(
+            name_or_path=self.name_or_path,
+            gguf_file=self.gguf_file,
+            tokenizer=self.tokenizer,
+            tiny_overrides=dict(self.tiny_overrides),
+        )
+
+    def memorized_recipe(self):
+        """model.memorized as a trainables MemorizedBase, None when unset."""
+        from trainables.train.config import MemorizedBase
+
+        return None if self.memorized is None else MemorizedBase(**self.memorized.model_dump())
 
     def depth(self) -> Optional[int]:
         """Number of decoder blocks when known without loading the model."""

@@ -6,10 +6,10 @@ import pytest
 
 from search.cli import VERBS, main
 
-VERB_NAMES = ["train", "tune", "eval", "check", "memorization", "report"]
+VERB_NAMES = ["train", "tune", "eval", "check", "memorization", "memorize", "report"]
 
 
-def test_help_lists_the_six_subcommands(capsys):
+def test_help_lists_the_seven_subcommands(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0

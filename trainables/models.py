@@ -87,7 +87,12 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple["PreTrainedModel", "PreT
     import torch
 
     name = cfg.name_or_path
-    if name == TINY_RANDOM_LLAMA:
+    if cfg.memorized is not None:
+        # The barrier testbed's base: this model after memorizing a data set, built once and cached.
+        from trainables.memorization.memorize import ensure_memorized_base
+
+        model, tokenizer = _load_pretrained(str(ensure_memorized_base(cfg, cfg.memorized)), None)
+    elif name == TINY_RANDOM_LLAMA:
         model = tiny_random_llama(**cfg.tiny_overrides)
         tokenizer = _load_tokenizer(cfg.tokenizer) if cfg.tokenizer else _smollm2_tokenizer()
     else:

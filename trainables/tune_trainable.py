@@ -95,6 +95,7 @@ def train_config_dict(setup: dict[str, Any], params: dict[str, Any], *, output_d
             "tokenizer": model.get("tokenizer"),
             "dtype": ds["precision"],
             "tiny_overrides": dict(model.get("tiny_overrides") or {}),
+            "memorized": model.get("memorized"),
         },
         "lora": dict(setup["lora"]),
         "ib": {**{k: params[k] for k in PARAM_KEYS}, **(setup.get("ib") or {})},

@@ -105,6 +105,19 @@ def resolve_run(args: argparse.Namespace):
     return space, run_dir, False
 
 
+def build_memorized_base(space) -> None:
+    """A space whose model.memorized names a recipe: build that base here, once, before Ray starts, so the trials
+    of this node load it from the cache instead of each building it (progress on stderr). On other nodes a trial
+    finds it in $IBFT_CACHE when that is shared, else builds the same recipe itself (docs/memorization-barrier.md)."""
+    recipe = space.model.memorized_recipe()
+    if recipe is None:
+        return
+    from trainables.memorization.memorize import ensure_memorized_base
+
+    folder = ensure_memorized_base(space.model.base_config(), recipe)
+    print(f"ibft tune: trials start from the memorized base {folder}", file=sys.stderr)
+
+
 def is_uri(path: str) -> bool:
     return "://" in path
 
@@ -153,6 +166,7 @@ def print_front(front: list[dict], objectives: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     space, run_dir, resume = resolve_run(args)
+    build_memorized_base(space)
     from search.tuner import run_search
 
     outcome = run_search(

@@ -18,6 +18,52 @@ PROMPT_FORMATS = ("auto", "chat", "plain", "official")
 
 
 @dataclass
+class MemorizedBase:
+    """A base model made to memorize a data set before any trial fine-tunes it: the memorization-barrier
+    testbed (`ibft memorize`, trainables.memorization.memorize). The paper's failure mode needs a base that
+    has strongly memorized the downstream code data; a small model has never seen the project's own data, so
+    this recipe puts it there: plain LoRA fine-tuning for `epochs` passes over the examples, merged into the
+    weights and cached (like a dequantised GGUF) under a key of the recipe and the base model."""
+
+    data: str = "builtin:python-functions"
+    """Source of the examples the base memorizes (data.source values); the barrier space fine-tunes on the same."""
+    max_examples: Optional[int] = None
+    """Memorize only the first N examples after the seeded shuffle (all when unset)."""
+    epochs: float = 6.0
+    """Passes over the examples (fractions allowed): more passes, stronger memorization."""
+    lr: float = 1.0e-3
+    """Peak learning rate (cosine to 10% after a 5% warm-up)."""
+    lora_r: int = 64
+    """Rank of the LoRA adapter merged into the weights (alpha = r); all attention and MLP projections."""
+    batch_size: int = 8
+    """Examples per optimizer step."""
+    max_length: int = 256
+    """Tokens per example (longer responses are cut)."""
+    prompt_format: str = "auto"
+    """Format the examples are memorized in (data.prompt_format values); the barrier space trains in the same."""
+    seed: int = 0
+    """Seeds the example order, the adapter's initialisation and dropout."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epochs, (int, float)) or isinstance(self.epochs, bool) or not self.epochs > 0:
+            raise ConfigError(f"model.memorized.epochs must be > 0, got {self.epochs!r}")
+        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:
+            raise ConfigError(f"model.memorized.lr must be > 0, got {self.lr!r}")
+        for name in ("lora_r", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"model.memorized.{name} must be a positive int, got {value!r}")
+        if not isinstance(self.max_length, int) or self.max_length < 8:
+            raise ConfigError(f"model.memorized.max_length must be an int >= 8, got {self.max_length!r}")
+        if self.max_examples is not None and (not isinstance(self.max_examples, int) or self.max_examples < 1):
+            raise ConfigError(f"model.memorized.max_examples must be a positive int, got {self.max_examples!r}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(
+                f"model.memorized.prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}"
+            )
+
+
+@dataclass
 class ModelConfig:
     """Which base model to load."""
 
@@ -32,6 +78,9 @@ class ModelConfig:
     """Training precision: "fp32" or "bf16" (GGUF weights are dequantised to this)."""
     tiny_overrides: dict[str, Any] = field(default_factory=dict)
     """LlamaConfig fields overriding the tiny random model's defaults (num_hidden_layers, hidden_size…)."""
+    memorized: Optional[MemorizedBase] = None
+    """Load this model after it has memorized a data set (`ibft memorize`; built once and cached) instead of
+    the model as it is."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
