@@ -84,14 +84,14 @@ def train(space, out: Path, base: str, seed: int, run_dir: Path) -> None:
         return
     import yaml
 
-    from search.space import trial_setup
+    from search.tuner import trial_setup
     from trainables.tune_trainable import train_config_dict
 
     setup = trial_setup(space, out)
     setup["seed"] = seed
     if base == "fresh":
         setup["model"] = {**setup["model"], "memorized": None}
-    params = {"alpha": 0.0, "beta": 0.0, "tap_layer": 20, "prior": "standard_normal", "prior_options": {},
+    params = {"alpha": 0.0, "beta": 0.0, "tap_layer": tap_layer(space), "prior": "standard_normal", "prior_options": {},
               "kl_reduction": "mean", "encoder_input": "raw"}
     cfg = train_config_dict(setup, params, output_dir=str(run_dir), optuna_trial=None)
     cfg["resume"] = True
@@ -130,7 +130,14 @@ def memorization(space, out: Path, base: str, run_dir: Path, memorized_path: str
     log(f"  memorization of {base} and its fine-tune")
     folder.mkdir(parents=True, exist_ok=True)
     command(["memorization", "--model", model, "--adapter", str(run_dir / "final"), "--max-examples", "128",
+             "--tap-layer", str(tap_layer(space)),
              "--out", str(folder), "--no-plots"], folder / "memorization.log")
+
+
+def tap_layer(space) -> int | float:
+    """Where the geometry is measured: the paper's layer 20 where the model has one, else 2/3 of its depth."""
+    depth = space.model.depth()
+    return 20 if depth is not None and depth > 20 else 0.667
 
 
 def command(argv: list[str], log_file: Path, capture: bool = False) -> str:
@@ -152,7 +159,7 @@ def log(text: str) -> None:
 
 
 def task_counts(folder: Path) -> dict[str, tuple[int, int]]:
-    from trainables.execution.results import task_counts as counts_of
+    from trainables.execution.results import per_task_counts as counts_of
 
     with open(folder / "samples.jsonl_results.jsonl") as f:
         return {task: tuple(nc) for task, nc in counts_of([json.loads(line) for line in f if line.strip()]).items()}
