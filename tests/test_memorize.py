@@ -72,6 +72,28 @@ def test_a_model_config_with_a_recipe_loads_the_memorized_weights(cache, one_tor
     assert any("q_proj" in n for n in changed) and any("down_proj" in n for n in changed)
 
 
+def test_ibft_memorization_compares_a_run_from_a_memorized_base_with_that_base(cache, tmp_path, capsys, one_torch_thread):
+    from trainables.train.loop import train
+
+    folder = ensure_memorized_base(TINY, RECIPE, progress=False)
+    cfg = TrainConfig.from_dict({
+        "model": {**TINY.__dict__, "memorized": RECIPE.__dict__},
+        "ib": {"alpha": 0.0, "tap_layer": 1, "bottleneck_dim": 8},
+        "data": {"max_examples": 12, "max_length": 96},
+        "optim": {"max_steps": 1, "batch_size": 2, "warmup_steps": 0},
+        "output_dir": str(tmp_path / "run"),
+    })
+    train(cfg)
+    summaries = []
+    for extra in ([], ["--model", str(folder)]):
+        argv = ["memorization", "--adapter", str(tmp_path / "run"), "--out", str(tmp_path / f"m{len(extra)}"), "--no-plots"]
+        assert main(argv + extra) == 0
+        summaries.append(json.loads(capsys.readouterr().out))
+    # Without --model the run's own base is rebuilt from its recipe: the memorized one, not the fresh model.
+    assert summaries[0]["models"]["base"]["min_k"] == summaries[1]["models"]["base"]["min_k"]
+    assert summaries[0]["min_k_mean_base"] > -10  # the fresh random model's is about -14
+
+
 def test_ibft_memorize_prints_the_record_and_says_when_it_is_cached(cache, capsys, one_torch_thread):
     argv = ["memorize", "--model", "tiny-random-llama", "--max-examples", "4", "--epochs", "2", "--batch-size", "2",
             "--max-length", "64", "--lora-r", "4"]

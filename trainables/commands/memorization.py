@@ -225,6 +225,8 @@ def _load_model(model_name: str, adapters: dict[str, Path], args: argparse.Names
             tokenizer=base.tokenizer,
             dtype=dtype,
             tiny_overrides=base.tiny_overrides,
+            # A run fine-tuned from a memorized base (the barrier testbed) is compared with that base.
+            memorized=base.memorized,
         )
     )
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
