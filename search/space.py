@@ -247,41 +247,6 @@ class SearchedParams(_Strict):
         return {k: v for k, v in out.items() if isinstance(v, Domain)}
 
 
-class MemorizedSection(_Strict):
-    """model.memorized: the trials' base is the model after memorizing a data set (the memorization-barrier
-    testbed; mirrors trainables.train.config.MemorizedBase, whose checks it runs). `ibft tune` builds it once
-    before the first trial (or finds it cached); `ibft memorize SPACE.yaml` builds it on its own."""
-
-    data: str = "builtin:python-functions"
-    """Source of the examples the base memorizes; the barrier space fine-tunes on the same source."""
-    max_examples: Optional[int] = None
-    """Memorize only the first N examples after the seeded shuffle (all when unset)."""
-    epochs: float = 6.0
-    """Passes over the examples: more passes, stronger memorization."""
-    lr: float = 1.0e-3
-    """Peak learning rate of the memorizing fine-tune (cosine, 5% warm-up)."""
-    lora_r: int = 64
-    """Rank of the LoRA adapter that is merged into the weights."""
-    batch_size: int = 8
-    """Examples per optimizer step."""
-    max_length: int = 256
-    """Tokens per example."""
-    prompt_format: str = "auto"
-    """Format the examples are memorized in; the barrier space trains in the same (data.prompt_format)."""
-    seed: int = 0
-    """Seeds the order, the adapter's initialisation and dropout."""
-
-    @model_validator(mode="after")
-    def _recipe_checks(self) -> "MemorizedSection":
-        from trainables.train.config import MemorizedBase
-
-        try:
-            MemorizedBase(**self.model_dump())
-        except ConfigError as e:
-            raise ValueError(str(e)) from None
-        return self
-
-
 class ModelSection(_Strict):
     """Base model of every trial."""
 
@@ -295,8 +260,28 @@ class ModelSection(_Strict):
     """LlamaConfig overrides of the tiny random model (tests)."""
     num_layers: Optional[int] = Field(default=None, ge=1)
     """Depth of the model, to check tap layers before any trial starts; known for the project's named models."""
-    memorized: Optional[MemorizedSection] = None
-    """Start every trial from this model after it has memorized a data set (the memorization-barrier testbed)."""
+    memorized: Optional[dict[str, Any]] = None
+    """Start every trial from this model after it has memorized a data set (the memorization-barrier testbed):
+    the fields of trainables.train.config.MemorizedBase (data, max_examples, epochs, lr, lora_r, batch_size,
+    max_length, prompt_format, seed), each documented there and checked by it. `ibft tune` builds that base once
+    before the first trial (or finds it cached); `ibft memorize SPACE.yaml` builds it on its own."""
+
+    @field_validator("memorized")
+    @classmethod
+    def _memorized_recipe(cls, value: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        # One definition of the recipe (the dataclass): its unknown-field, type and range checks, its defaults.
+        if value is None:
+            return None
+        from dataclasses import asdict
+
+        from trainables.config_utils import from_mapping
+        from trainables.train.config import MemorizedBase
+
+        try:
+            return asdict(from_mapping(MemorizedBase, value, "model.memorized"))
+        except ConfigError as e:
+            # pydantic puts "model.memorized: " in front of the message already.
+            raise ValueError(str(e).removeprefix("model.memorized: ").removeprefix("model.memorized.")) from None
 
     def base_config(self):
         """The base model as a trainables ModelConfig, without its memorized recipe (see memorized_recipe)."""
@@ -313,7 +298,7 @@ class ModelSection(_Strict):
         """model.memorized as a trainables MemorizedBase, None when unset."""
         from trainables.train.config import MemorizedBase
 
-        return None if self.memorized is None else MemorizedBase(**self.memorized.model_dump())
+        return None if self.memorized is None else MemorizedBase(**self.memorized)
 
     def depth(self) -> Optional[int]:
         """Number of decoder blocks when known without loading the model."""

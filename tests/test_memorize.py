@@ -132,10 +132,11 @@ def test_the_barrier_space_starts_every_trial_from_its_memorized_base(tmp_path):
 @pytest.mark.parametrize(
     ("recipe", "message"),
     [
-        ({"epochs": -1}, "model.memorized.epochs must be > 0, got -1"),
-        ({"lora_r": 0}, "model.memorized.lora_r must be a positive int, got 0"),
-        ({"prompt_format": "xml"}, "model.memorized.prompt_format must be one of auto, chat, plain, official, got 'xml'"),
-        ({"epoch": 3}, "unknown field 'epoch'"),
+        ({"epochs": -1}, "model.memorized: epochs must be > 0, got -1"),
+        ({"lora_r": 0}, "model.memorized: lora_r must be a positive int, got 0"),
+        ({"prompt_format": "xml"}, "model.memorized: prompt_format must be one of auto, chat, plain, official, got 'xml'"),
+        ({"epochs": "x"}, "model.memorized: epochs must be a number, got 'x'"),
+        ({"epoch": 3}, "model.memorized: unknown field(s) epoch; allowed: data, max_examples, epochs"),
     ],
 )
 def test_a_bad_recipe_in_a_space_is_a_one_line_error(tmp_path, recipe, message):

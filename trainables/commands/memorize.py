@@ -68,7 +68,7 @@ def resolve(args: argparse.Namespace):
         space = load_space(args.space)
         base = space.model.base_config()
         if space.model.memorized is not None:
-            recipe_fields = space.model.memorized.model_dump()
+            recipe_fields = dict(space.model.memorized)
         elif not any(getattr(args, name) is not None for name in RECIPE_FLAGS):
             raise ConfigError(f"{args.space}: has no model.memorized recipe (add one, or give the recipe as flags)")
     if args.model:
