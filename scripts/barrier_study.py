@@ -215,7 +215,7 @@ def markdown(study: dict) -> str:
         f"mean {mk['fresh']['mean']:.3f} (fresh) -> {mk['memorized']['mean']:.3f} (memorized), higher on "
         f"{mk['rose_fraction']:.0%} of them.",
         "",
-        f"| split | metric | untuned fresh | untuned memorized | FT from fresh | FT from memorized | memorized − fresh (paired) |",
+        "| split | metric | untuned fresh | untuned memorized | FT from fresh | FT from memorized | memorized − fresh (paired) |",
         "|---|---|---|---|---|---|---|",
     ]
     for split, per_split in study["splits"].items():
@@ -225,6 +225,12 @@ def markdown(study: dict) -> str:
                 f"{fmt(e['untuned']['memorized'])} | {fmt(e['fine_tuned']['fresh'])} | {fmt(e['fine_tuned']['memorized'])} | "
                 f"{fmt(e['memorized_minus_fresh'])} |"
             )
+    lines += ["", "What fine-tuning gained over its own untuned base (paired over tasks):", "",
+              "| split | metric | from fresh | from memorized |", "|---|---|---|---|"]
+    for split, per_split in study["splits"].items():
+        for metric, e in per_split["metrics"].items():
+            gain = e["fine_tuning_gain"]
+            lines.append(f"| {split} | {metric} | {fmt(gain['fresh'])} | {fmt(gain['memorized'])} |")
     lines += ["", f"Per seed ({', '.join(map(str, seeds))}):", ""]
     lines += ["| split | metric | " + " | ".join(f"{b} s{s}" for b in BASES for s in seeds) + " |",
               "|---|---|" + "---|" * (len(BASES) * len(seeds))]

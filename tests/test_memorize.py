@@ -52,9 +52,10 @@ def test_a_tiny_model_memorizes_its_examples_and_is_built_once(cache, one_torch_
     stamp = (folder / RECIPE_FILE).stat().st_mtime_ns
     assert ensure_memorized_base(TINY, RECIPE, progress=False) == folder
     assert (folder / RECIPE_FILE).stat().st_mtime_ns == stamp  # found in the cache, not built again
-    # Another recipe is another base.
+    # Another recipe is another base; the same recipe spelt differently (3 or 3.0 epochs) is the same.
     other = MemorizedBase(**{**RECIPE.__dict__, "epochs": 2})
     assert memorized_base_dir(TINY, other) != folder
+    assert memorized_base_dir(TINY, MemorizedBase(epochs=3, lr=1)) == memorized_base_dir(TINY, MemorizedBase(epochs=3.0, lr=1.0))
 
 
 def test_a_model_config_with_a_recipe_loads_the_memorized_weights(cache, one_torch_thread):

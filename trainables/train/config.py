@@ -49,6 +49,8 @@ class MemorizedBase:
             raise ConfigError(f"model.memorized.epochs must be > 0, got {self.epochs!r}")
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:
             raise ConfigError(f"model.memorized.lr must be > 0, got {self.lr!r}")
+        # 3 and 3.0 are the same recipe: one spelling, so the cache key (memorize.memorized_base_dir) is one too.
+        self.epochs, self.lr = float(self.epochs), float(self.lr)
         for name in ("lora_r", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
