@@ -5,7 +5,8 @@ Every step is a shipped command, run as a subprocess: `ibft memorize SPACE` (the
 model.memorized recipe, cached), then per base (fresh, memorized) and seed `ibft train` with exactly a search
 trial's settings at alpha 0 (trainables.tune_trainable.train_config_dict: the space's LoRA, data, optimizer and
 step count), `ibft eval` of every fine-tuned model and of both untuned bases on the space's validation and test
-benchmarks (same tasks, same sampling seed, so differences are paired), and `ibft memorization` (Min-K% and the
+benchmarks (the same seeded subset of tasks a search trial of the space evaluates, the same sampling seed, so
+differences are paired and comparable with the search's), and `ibft memorization` (Min-K% and the
 most/least-memorized geometry) of the seed-0 fine-tune from each base. Finished steps are skipped on a rerun.
 
 Writes OUT/study.json (every number), OUT/study.md (the tables) and OUT/barrier.png (the figure). Intervals:
@@ -113,8 +114,8 @@ def evaluate(space, out: Path, name: str, model: dict, split: str) -> None:
             "--max-new-tokens", str(section.max_new_tokens), "--timeout", str(section.timeout), "--seed", "0",
             "--threads", "1", "--workers", "1", "--out", str(folder), "--no-progress",
             "--prompt-format", space.data.prompt_format]
-    if section.tasks is not None:
-        argv += ["--limit", str(section.tasks)]
+    if section.tasks is not None:  # the seeded subset a search trial of this space evaluates
+        argv += ["--tasks", str(section.tasks), "--task-seed", str(space.seed)]
     argv += ["--adapter", model["adapter"]] if "adapter" in model else ["--model", model["model"]]
     log(f"  eval {name} on {split}")
     folder.mkdir(parents=True, exist_ok=True)

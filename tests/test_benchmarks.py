@@ -77,3 +77,22 @@ def test_bad_names_raise_config_errors():
         load_benchmark("humaneval", "train")
     with pytest.raises(ConfigError, match="--limit"):
         load_benchmark("humaneval", "val", limit=0)
+
+
+def test_ibft_eval_tasks_picks_the_subset_a_search_trial_evaluates(tmp_path):
+    """`ibft eval --tasks N --task-seed S` and a trial of a space with `tasks: N`, `seed: S` score the same tasks,
+    so a study's numbers (scripts/barrier_study.py) line up with the search's."""
+    from trainables.benchmarks import task_subset
+    from trainables.tune_trainable import _benchmark_problems
+
+    problems = load_benchmark("humaneval", "test")
+    trial = _benchmark_problems({"benchmark": "humaneval", "tasks": 20}, "test", seed=0)
+    assert [p["task_id"] for p in task_subset(problems, 20, 0)] == [p["task_id"] for p in trial]
+    assert [p["task_id"] for p in trial] != [p["task_id"] for p in problems[:20]]  # not simply the first 20
+    assert task_subset(problems, 20, 1) != trial and task_subset(problems, None, 0) == problems
+    assert task_subset(problems, len(problems) + 5, 0) == problems
+    with pytest.raises(ConfigError, match="tasks must be a positive int, got 0"):
+        task_subset(problems, 0, 0)
+    from search.cli import main
+
+    assert main(["eval", "--model", "tiny-random-llama", "--tasks", "0", "--out", str(tmp_path)]) == 2

@@ -121,6 +121,17 @@ def _task_number(task_id: str):
     return (head, int(tail)) if tail.isdigit() else (head, -1, tail)
 
 
+def task_subset(problems: list[dict], tasks: Optional[int], seed: int) -> list[dict]:
+    """A seeded subset of `tasks` of the problems, in their order (all when tasks is None or covers them): what
+    a search trial with `tasks: N` and the space's `seed` evaluates, and `ibft eval --tasks N --task-seed S`."""
+    if tasks is not None and (not isinstance(tasks, int) or tasks < 1):
+        raise ConfigError(f"tasks must be a positive int, got {tasks!r}")
+    if tasks is None or tasks >= len(problems):
+        return list(problems)
+    chosen = sorted(random.Random(seed).sample(range(len(problems)), tasks))
+    return [problems[i] for i in chosen]
+
+
 def load_benchmark(benchmark: str, split: str = "val", limit: Optional[int] = None) -> list[dict]:
     """Problems of `benchmark` for `split`, in a stable order, at most `limit` of them.
 

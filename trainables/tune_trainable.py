@@ -23,7 +23,6 @@ diverge at the same step.
 from __future__ import annotations
 
 import json
-import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -691,14 +690,11 @@ def _rank_share(problems: list[dict], rank: int, world: int) -> list[dict]:
 
 def _benchmark_problems(bench: dict[str, Any], split: str, seed: int) -> list[dict]:
     """The benchmark split's problems, or a seeded subset of `tasks` of them (the same for every trial)."""
-    from trainables.benchmarks import BUILTIN, load_benchmark
+    from trainables.benchmarks import BUILTIN, load_benchmark, task_subset
 
     # A user's own problems file has no shipped split: the space names one file per role, used whole.
     problems = load_benchmark(bench["benchmark"], split if bench["benchmark"] in BUILTIN else "all")
-    tasks = bench.get("tasks")
-    if tasks is not None and tasks < len(problems):
-        chosen = sorted(random.Random(seed).sample(range(len(problems)), tasks))
-        problems = [problems[i] for i in chosen]
+    problems = task_subset(problems, bench.get("tasks"), seed)
     if not problems:
         raise ConfigError(f"{split} benchmark {bench['benchmark']!r} has no problems")
     return problems

@@ -42,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=("fp32", "bf16"), help="model precision (default fp32)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N tasks")
     parser.add_argument(
+        "--tasks", type=int, default=None, metavar="N",
+        help="a seeded subset of N tasks (after --limit): the ones a search trial with `tasks: N` evaluates",
+    )
+    parser.add_argument(
+        "--task-seed", type=int, default=0, metavar="S", help="seed of the --tasks subset: the space's seed (default 0)"
+    )
+    parser.add_argument(
         "--prompt-format",
         default=None,
         choices=("auto", "chat", "plain", "official"),
@@ -81,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     ms = parse_int_list(args.m, "--m")
     if args.n < 1:
         raise ConfigError(f"--n: {args.n} is not allowed; give 1 or more samples per task")
+    if args.tasks is not None and args.tasks < 1:
+        raise ConfigError(f"--tasks: {args.tasks} is not allowed; give 1 or more tasks")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers: {args.workers} is not allowed; give 1 or more")
     if args.timeout is not None and args.timeout <= 0:
@@ -93,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
     )
-    problems = load_benchmark(args.benchmark, args.split, args.limit)
+    from trainables.benchmarks import task_subset
+
+    problems = task_subset(load_benchmark(args.benchmark, args.split, args.limit), args.tasks, args.task_seed)
     timeout = args.timeout
     if timeout is None:
         timeout = 30.0 if any(p.get("language") == "verilog" for p in problems) else 10.0
