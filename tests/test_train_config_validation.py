@@ -45,6 +45,17 @@ CASES: dict[str, tuple[Any, Any]] = {
     "model.tokenizer": (["a"], NOTHING),
     "model.dtype": (16, "fp8"),
     "model.tiny_overrides": ("abc", NOTHING),
+    # MemorizedBase (model.memorized: the memorization-barrier testbed's recipe)
+    "model.memorized": (5, NOTHING),
+    "model.memorized.data": (5, NOTHING),
+    "model.memorized.max_examples": ("abc", 0),
+    "model.memorized.epochs": ("abc", 0),
+    "model.memorized.lr": ("abc", -1.0),
+    "model.memorized.lora_r": (2.5, 0),
+    "model.memorized.batch_size": ("abc", 0),
+    "model.memorized.max_length": ("abc", 4),
+    "model.memorized.prompt_format": (3, "xml"),
+    "model.memorized.seed": ("abc", NOTHING),
     # LoraSettings
     "lora.r": ("abc", 0),
     "lora.alpha": ("abc", 0),
