@@ -10,7 +10,9 @@ What Ray's OptunaSearch gets wrong for us, and what this subclass does instead:
 - Resume: Tune checkpoints the searcher every few seconds, but Optuna's SQLite study is written at once. A
   trial asked for after the last checkpoint exists in the study but not in Tune; on restore it is claimed by
   the next suggestion instead of a new one being asked, so the study never holds a trial twice. A trial
-  already told before a kill is not told again.
+  already told before a kill is not told again. Tune's trial list, not this searcher's checkpoint, decides
+  which trials are still running (reconcile, called by resume_reconcile), and the study's own count of
+  trials, not Tune's, decides when num_samples are reached: a trial may have finished after Tune's last save.
 - A sampler may propose parameters an earlier trial already ran (TPE often does on `choices` domains, the
   paper spaces' kind). Every trial trains with the space's seed, so a re-run reproduces the earlier result at
   full cost. Proposals are therefore asked in a scratch in-memory copy of the study (ask_untrained): a repeat
@@ -437,7 +439,14 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 
     def suggest(self, trial_id: str) -> Optional[Union[dict, str]]:
         if trial_id not in self._ot_trials:
-            ot_trial = self._claim_orphan() or self._ask_new()
+            ot_trial = self._claim_orphan()
+            if ot_trial is None and self.samples_used() >= self._search_space.num_samples:
+                # Tune's own count can fall short of this after a resume: a trial that ran and finished after
+                # Tune's last saved state is in the study but not in Tune's trial list (resume_reconcile).
+                logger.info("the study holds %d trials, the space's num_samples: the search asks no more",
+                            self.samples_used())
+                return Searcher.FINISHED
+            ot_trial = ot_trial or self._ask_new()
             if ot_trial is None:
                 return Searcher.FINISHED
             ot_trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
@@ -448,6 +457,11 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         if ROLE_KEY not in ot_trial.user_attrs:
             ot_trial.set_user_attr(ROLE_KEY, role)
         return {**params, OPTUNA_NUMBER_KEY: ot_trial.number, ROLE_KEY: role}
+
+    def samples_used(self) -> int:
+        """The search's trials so far: every study trial asked for (each Tune suggestion asks exactly one, or
+        claims an orphan; a repeated proposal adds none), not the presets still WAITING to be asked."""
+        return sum(1 for t in self._ot_study.get_trials(deepcopy=False) if t.state != TrialState.WAITING)
 
     def _ask_new(self) -> Optional[optuna.Trial]:
         """A new Optuna trial whose parameters no earlier trial ran or FAILed (presets always run; FAILed ones
@@ -540,6 +554,27 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if t.number not in known
         ]
+
+    def reconcile(self, restored: list) -> None:
+        """Follow the trial list Tune restored (resume_reconcile.RestoredTrial's) rather than this searcher's
+        checkpoint, which may be from another moment: each restored trial runs the Optuna trial its config
+        names, and a RUNNING Optuna trial that no restored unfinished trial runs is an orphan, claimed by the
+        next new suggestion (its own Tune trial was lost, or finished without telling)."""
+        by_number = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
+        mapped: dict[str, optuna.Trial] = {}
+        for r in restored:
+            frozen = by_number.get(r.optuna_number)
+            if frozen is not None:
+                mapped[r.trial_id] = optuna.Trial(self._ot_study, frozen._trial_id)
+        run_by_live = {r.optuna_number for r in restored if r.live and r.trial_id in mapped}
+        self._ot_trials = mapped
+        self._completed_trials = {r.trial_id for r in restored if not r.live}
+        self._orphans = [
+            t.number
+            for t in by_number.values()
+            if t.state == TrialState.RUNNING and t.number not in run_by_live
+        ]
+        self._orphans.sort()
 
 
 class RungMetricsLimiter(ConcurrencyLimiter):

@@ -209,6 +209,7 @@ def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
     from ray import tune
     from search.asha import make_scheduler
     from search.optuna_bridge import PrunedAwareOptunaSearch, RungMetricsLimiter
+    from search.resume_reconcile import ReconcilingSearchGenerator
     from trainables import tune_trainable
 
     param_space = {"setup": trial_setup(space, run_dir)}
@@ -265,8 +266,10 @@ def build_tuner(space: SearchSpace, run_dir: Path, *, resume: bool):
         tune_config=tune.TuneConfig(
             # Tune's strict metric check sees only the objectives every rung reports (memorization/... come at
             # the final rung); the searcher tells Optuna all of them.
-            search_alg=RungMetricsLimiter(
-                searcher, max_concurrent=space.max_concurrent, every_rung=space.rung_objectives()
+            # A resume makes the limiter's and the searcher's state agree with the trials Tune restored: Tune
+            # uploads its state files one by one, so a kill can leave them from different moments.
+            search_alg=ReconcilingSearchGenerator(
+                RungMetricsLimiter(searcher, max_concurrent=space.max_concurrent, every_rung=space.rung_objectives())
             ),
             scheduler=scheduler,
             num_samples=space.num_samples,

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 OBJECTIVES = ["val/pass@1", "val/pass@2(2)"]
 
 
-def _searcher(tmp_path: Path, seed: int = 0) -> PrunedAwareOptunaSearch:
+def _searcher(tmp_path: Path, seed: int = 0, num_samples: int = 0) -> PrunedAwareOptunaSearch:
     space = load_space(ROOT / "spaces" / "smoke.yaml")
+    space.num_samples = num_samples or space.num_samples  # the searcher asks no more trials than this
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
     sampler = optuna.samplers.RandomSampler(seed=seed)
     return PrunedAwareOptunaSearch(space, sampler=sampler, storage=storage, study_name="smoke")
@@ -53,7 +54,7 @@ def test_first_trials_are_baseline_then_paper(tmp_path):
 
 
 def test_prior_options_exist_only_for_their_prior(tmp_path):
-    searcher = _searcher(tmp_path, seed=3)
+    searcher = _searcher(tmp_path, seed=3, num_samples=14)
     seen = set()
     for i in range(14):
         config = searcher.suggest(f"t{i}")
@@ -109,6 +110,24 @@ def test_resume_claims_trials_asked_after_the_last_checkpoint(tmp_path):
     assert restored.study.user_attrs["repeats"] == {"2": 1}
     assert trials[1].values == [0.3, 0.4]
     assert trials[2].user_attrs["ray_trial_id"] == "t9"
+
+
+def test_the_searcher_asks_no_more_than_num_samples_trials_but_still_hands_out_orphans(tmp_path):
+    """Tune's count of suggestions may lag the study after a resume (a trial that finished after Tune's last
+    saved state is in the study only, search/resume_reconcile.py): the searcher counts the study's asked
+    trials itself. An orphan (asked before a kill, never run to the end) is still handed out beyond that."""
+    from ray.tune.search import Searcher
+
+    searcher = _searcher(tmp_path, num_samples=3)
+    assert len(searcher.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) == 2  # the presets
+    assert searcher.samples_used() == 0  # enqueued presets are not trials yet
+    assert [searcher.suggest(f"t{i}")["optuna_trial"] for i in range(3)] == [0, 1, 2]
+    assert searcher.samples_used() == 3
+    assert searcher.suggest("t3") == Searcher.FINISHED
+    searcher._orphans = [2]  # as reconcile leaves it when no restored trial runs trial 2
+    assert searcher.suggest("t4")["optuna_trial"] == 2
+    assert searcher.suggest("t5") == Searcher.FINISHED
+    assert len(searcher.study.get_trials(deepcopy=False)) == 3
 
 
 def test_resumed_study_does_not_enqueue_presets_again(tmp_path):
@@ -477,6 +496,7 @@ def test_kl_reduction_and_encoder_input_searched_as_choices_reach_the_trials_tra
 
     doc = yaml.safe_load((ROOT / "spaces" / "smoke.yaml").read_text())
     doc["params"].update(kl_reduction={"choices": ["mean", "sum"]}, encoder_input="rms_norm")
+    doc["num_samples"] = 12
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     space = load_space(tmp_path / "s.yaml")
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
