@@ -444,6 +444,45 @@ def trial_records(result_grid, cut_off: frozenset[str] | set[str] = frozenset())
     return records
 
 
+def study_only_records(space: SearchSpace, run_dir: Path, known: set[str]) -> list[dict[str, Any]]:
+    """Records, from the Optuna study, of trials that ran and ended but that no Tune trial of the fit holds.
+
+    A trial that ended after Tune's last saved state, just before its driver was killed, is in the study (the
+    searcher tells it at once) but not in the state Tune resumed from, so the fit's results lack it. The
+    searcher counts it against num_samples (search/resume_reconcile.py), and its parameters, last rung and
+    val/ and test/ values are in the study, so the tables list it like any other trial."""
+    from search.optuna_bridge import (
+        OPTUNA_NUMBER_KEY, RAY_TRIAL_ID_ATTR, ROLE_KEY, RUNG_KEY, define_params,
+    )
+
+    study = optuna.load_study(study_name=space.name, storage=open_study_storage(run_dir / OPTUNA_DB))
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    records = []
+    for t in study.get_trials(deepcopy=False, states=ended):
+        trial_id = t.user_attrs.get(RAY_TRIAL_ID_ATTR)
+        if trial_id is None or trial_id in known:
+            continue
+        result = {k: v for k, v in t.user_attrs.items() if k == RUNG_KEY or k.startswith(("val/", "test/"))}
+        if t.state == optuna.trial.TrialState.COMPLETE and t.values:
+            result.update(zip([o.metric for o in space.objectives], t.values))
+        failed = t.state == optuna.trial.TrialState.FAIL
+        checkpoints = sorted((run_dir / TRIALS_DIR / trial_id).glob("checkpoint_*"))  # named by time: last is newest
+        if checkpoints:
+            result["checkpoint_path"] = str(checkpoints[-1])
+        records.append(
+            {
+                "trial_id": trial_id,
+                "config": {**define_params(space, t), OPTUNA_NUMBER_KEY: t.number,
+                           ROLE_KEY: t.user_attrs.get(ROLE_KEY, "search")},
+                "last_result": result,
+                "finished": not failed,
+                "errored": failed,
+                "error": "the trial failed (its Tune record was lost when the driver was killed)" if failed else None,
+            }
+        )
+    return records
+
+
 def write_tables(space: SearchSpace, run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """trials.csv and pareto.json of the run; returns the Pareto front."""
     from search.results import PARETO_JSON, TRIALS_CSV, trial_row, write_pareto_json, write_trials_csv
@@ -520,6 +559,7 @@ def _run_search(
     tuner = build_tuner(space, run_dir, resume=resume)
     result_grid = tuner.fit()
     records = trial_records(result_grid, cut_off_trials(space, run_dir))
+    records += study_only_records(space, run_dir, {r["trial_id"] for r in records})
     front = write_tables(space, run_dir, records)
     states: dict[str, int] = {}
     from search.results import trial_row

@@ -15,7 +15,9 @@ from ray.tune.utils.serialization import TuneFunctionEncoder
 
 from search.optuna_bridge import PrunedAwareOptunaSearch, RungMetricsLimiter
 from search.resume_reconcile import ReconcilingSearchGenerator, RestoredTrial, read_restored_trials
+from search.results import trial_row
 from search.space import load_space
+from search.tuner import study_only_records
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJECTIVES = ["val/pass@1", "val/pass@2(2)"]
@@ -107,6 +109,20 @@ def test_a_trial_finished_after_tunes_last_saved_state_counts_against_num_sample
     assert [t.config["optuna_trial"] for t in ran] == [2]
     assert trials[3].state == TrialState.PRUNED and trials[3].user_attrs["ray_trial_id"] == t3.trial_id
     assert resumed.is_finished()
+
+    # The fit's results hold the Tune trials t0, t1 and the new one; trials.csv must list t3 too, from the study.
+    space = resumed.searcher.searcher._search_space
+    known = {t0.trial_id, t1.trial_id, *(t.trial_id for t in ran)}
+    (tmp_path / "trials" / t3.trial_id / "checkpoint_2026-12-01_00-00-01").mkdir(parents=True)
+    (record,) = study_only_records(space, tmp_path, known)
+    row = trial_row(record, num_rungs=space.num_rungs, objectives=OBJECTIVES)
+    assert (row["trial_id"], row["optuna_trial"], row["state"], row["last_rung"]) == (t3.trial_id, 3, "PRUNED", 1)
+    assert {k: row[k] for k in ("alpha", "beta", "tap_layer", "prior")} == {
+        k: t3.config[k] for k in ("alpha", "beta", "tap_layer", "prior")
+    }
+    assert json.loads(row["prior_options"]) == t3.config["prior_options"]
+    assert row["val/pass@1"] == 0.5 and row["checkpoint_path"].endswith("checkpoint_2026-12-01_00-00-01")
+    assert study_only_records(space, tmp_path, known | {t3.trial_id}) == []
 
 
 def test_a_trial_list_newer_than_the_searchers_state_is_followed(tmp_path):
