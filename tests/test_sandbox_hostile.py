@@ -7,7 +7,8 @@ every one of them passed or left its trace on the sandbox before issue 18. Class
 Unix socket: the minimal root), 6 a memory limit per process only, 7 semantic tricks; and the kernel's
 system calls (the seccomp filter), whose probes are the other way round: each passes only when its call
 was refused with EPERM (it succeeds without the filter), so no unrelated error can pass for a refusal.
-What stays uncontained (Verilog designs reading their testbench, ...) is listed in docs/sandbox.md.
+Verilog designs forging through their testbench are in tests/test_verilog_lint.py; what stays uncontained
+is listed in docs/sandbox.md.
 """
 import ctypes
 import os

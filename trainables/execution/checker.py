@@ -5,7 +5,7 @@ import os
 import sys
 
 from trainables.errors import ConfigError
-from trainables.execution import forkserver, python_check, verilog_check
+from trainables.execution import forkserver, python_check, verilog_check, verilog_lint
 from trainables.execution.sandbox import SandboxLimits
 
 # Isolation weaknesses already announced on stderr in this process (said once, not per call).
@@ -48,15 +48,20 @@ class Checker:
         if not samples:
             return []
         jobs, tokens, kinds, waits = [], [], [], []
+        refused: dict[int, dict] = {}  # sample index -> verdict of a design refused before running
         tools = None
-        for sample in samples:
+        for index, sample in enumerate(samples):
             problem = problems[sample["task_id"]]
             token = None
             if problem.get("language", "python") == "verilog":
+                design = verilog_check.verilog_source(problem, sample["completion"])
+                reasons = verilog_lint.refusals(design, problem["test"])
+                if reasons:
+                    refused[index] = verilog_check.refused_verdict(reasons)
+                    continue
                 token = forkserver.new_token()
                 tools = tools or verilog_check.tool_paths()
-                files = {"dut.sv": verilog_check.verilog_source(problem, sample["completion"]),
-                         "tb.sv": verilog_check.testbench_with_token(problem, token)}
+                files = {"dut.sv": design, "tb.sv": verilog_check.testbench_with_token(problem, token)}
                 jobs.append(forkserver.commands_job(files, verilog_check.build_steps(*tools), self.limits.timeout))
                 waits.append(2 * self.limits.timeout + 30.0)
                 kinds.append("verilog")
@@ -65,15 +70,26 @@ class Checker:
                 waits.append(self.limits.timeout + 30.0)
                 kinds.append("python")
             tokens.append(token)
-        bar = _progress_bar(len(jobs)) if progress else None
-        pool = self._ensure_pool()
-        try:
-            replies = pool.run_all(jobs, waits, on_done=(lambda i, r: bar.update(1)) if bar else None)
-        finally:
-            if bar is not None:
-                bar.close()
+        bar = _progress_bar(len(samples)) if progress else None
+        if bar is not None and refused:
+            bar.update(len(refused))
+        replies = []
+        if jobs:
+            pool = self._ensure_pool()
+            try:
+                replies = pool.run_all(jobs, waits, on_done=(lambda i, r: bar.update(1)) if bar else None)
+            finally:
+                if bar is not None:
+                    bar.close()
+        elif bar is not None:
+            bar.close()
+        ran = iter(zip(replies, tokens, kinds))
         results = []
-        for sample, reply, token, kind in zip(samples, replies, tokens, kinds):
+        for index, sample in enumerate(samples):
+            if index in refused:
+                results.append({**sample, **refused[index]})
+                continue
+            reply, token, kind = next(ran)
             if reply is None:
                 reply = {"server_error": "the sandbox server died or hung while running this sample"}
             if kind == "verilog":

@@ -5,7 +5,9 @@ from collections import Counter, defaultdict
 
 from trainables.metrics import mean_pass_at_k, metric_name
 
-OUTCOMES = ("passed", "failed", "error", "syntax_error", "timeout", "resource_limit")
+OUTCOMES = ("passed", "failed", "error", "syntax_error", "timeout", "resource_limit", "refused")
+"""How a sample ended. "refused": a Verilog design that names the testbench, the reference or files, which
+never runs (verilog_lint)."""
 
 
 def per_task_counts(results: list[dict]) -> dict[str, tuple[int, int]]:

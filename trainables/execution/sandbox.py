@@ -86,8 +86,9 @@ NOT_CONTAINED = (
     "what the samples' minimal root holds stays readable to them, read-only: the Python installation and "
     "virtualenv (site-packages included), this package's trainables/ sources, /usr/bin and /usr/lib*",
     "kernel bugs in the system calls the seccomp denylist allows (file, memory, process and socket calls)",
-    "Verilog: the design under test runs in the same simulator as its testbench and may read it ($fopen) "
-    "and print a forged report line; only Python verdicts are decided outside the sample's reach",
+    "Verilog: the design under test runs in the same simulator as its testbench; designs that name other "
+    "modules, the reference, files or compiler directives are refused before running (verilog_lint), so a "
+    "forged report needs a construct those static rules miss or a bug in iverilog/vvp",
 )
 
 

@@ -3,7 +3,9 @@
 VerilogEval's convention: the testbench prints "Mismatches: N in M samples" when the simulation
 finishes; a sample passes when N is 0. Here that line only counts when it carries a per-sample
 token spliced into the testbench's own format string, so a module that prints a fake report
-cannot pass. Compile errors are `syntax_error`; a simulation that never finishes is a `timeout`.
+cannot pass. A design that names the testbench, the reference or files is refused before it runs
+(verilog_lint: it could otherwise rewrite the testbench's counters or copy the reference). Compile errors
+are `syntax_error`; a simulation that never finishes is a `timeout`.
 """
 from __future__ import annotations
 
@@ -114,6 +116,12 @@ def verdict_from_steps(reply: dict, token: str) -> dict:
     if mismatches == 0 and samples > 0:
         return _verdict(True, "passed", "passed")
     return _verdict(False, f"failed: {mismatches} mismatches in {samples} samples", "failed")
+
+
+def refused_verdict(reasons: list[str]) -> dict:
+    """The verdict of a design refused before running (verilog_lint.refusals gave `reasons`)."""
+    more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
+    return _verdict(False, f"failed: refused: {reasons[0]}{more}", "refused")
 
 
 def _first_error(output: str) -> str:

@@ -1,0 +1,131 @@
+"""What a Verilog design under test may not use: the static rules that keep its verdict the testbench's.
+
+The design is compiled into one simulation with its testbench and the reference model, so whatever it can
+name there it can forge a pass with:
+
+- **Hierarchical names.** `always @(tb.stats1.clocks) tb.stats1.errors = 0;` zeroes the testbench's mismatch
+  counter; `assign f = tb.f_ref;` copies the reference's output. Verilog reaches another module's items only
+  through a dotted name (or `$root`), so a design may use no `.` after a name (named port connections,
+  `.a(x)` and `.*`, stay allowed).
+- **The testbench's modules.** `reference_module r(.x, .f);` (v1) or `RefModule` (v2) instantiates the answer.
+  A design may not use the name of anything the testbench defines.
+- **System tasks outside a small set.** `$fopen`, `$fgets`, `$readmemh` read the testbench's source, which
+  holds the per-sample report token; plusargs and `$system` reach beyond the design. Only arithmetic,
+  conversion, query, display and waveform-dump tasks are allowed (ALLOWED_SYSTEM_NAMES).
+- **Compiler directives other than `timescale / `default_nettype.** `include reads a file; a `define leaks
+  into the testbench (compiled after the design) and could redefine its macros; token pasting could build
+  any forbidden name out of allowed pieces. With no macros, every name the compiler sees is in the text
+  checked here.
+
+A design breaking a rule is refused before anything runs (outcome "refused"), with the rule it broke.
+Every canonical solution of VerilogEval v1 and v2 and of the shipped problems passes these rules
+(tests/test_verilog_lint.py), so honest designs are not affected. The sandbox still runs the rest: what
+these rules cannot see (a design that loops, or exhausts memory) is the sandbox's to contain.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterator, NamedTuple
+
+ALLOWED_DIRECTIVES = frozenset({"timescale", "default_nettype", "resetall", "celldefine", "endcelldefine"})
+"""Compiler directives a design may use: none of them defines, reads or pastes anything."""
+
+ALLOWED_SYSTEM_NAMES = frozenset(
+    {
+        # conversion and arithmetic
+        "$signed", "$unsigned", "$clog2", "$bits", "$countones", "$countbits", "$onehot", "$onehot0",
+        "$isunknown", "$itor", "$rtoi", "$bitstoreal", "$realtobits", "$shortrealtobits", "$bitstoshortreal",
+        "$floor", "$ceil", "$ln", "$log10", "$exp", "$sqrt", "$pow", "$abs", "$sin", "$cos", "$tan",
+        # array queries
+        "$size", "$left", "$right", "$low", "$high", "$increment", "$dimensions", "$unpacked_dimensions",
+        # time, randomness, simulation control
+        "$time", "$stime", "$realtime", "$random", "$urandom", "$urandom_range", "$finish", "$stop",
+        # waveform dumps: written into the sample's own folder, which nothing reads afterwards
+        "$dumpfile", "$dumpvars", "$dumpon", "$dumpoff", "$dumpall", "$dumpflush", "$dumplimit",
+        # display to the simulation's output, and strings (nothing outside the design is named)
+        "$display", "$displayb", "$displayh", "$displayo", "$write", "$writeb", "$writeh", "$writeo",
+        "$strobe", "$monitor", "$monitoron", "$monitoroff", "$error", "$warning", "$info", "$fatal",
+        "$sformat", "$sformatf", "$swrite", "$sscanf",
+    }
+)
+"""System tasks and functions a design may call. Everything else is refused: file and memory-file access
+($fopen, $fgets, $fscanf, $readmemh, ...), plusargs, $system, $root, $unit."""
+
+DEFINING_KEYWORDS = frozenset({"module", "macromodule", "interface", "program", "package", "primitive", "class",
+                               "checker", "config"})
+"""Keywords followed by the name of a top-level unit. A design may not use the units the testbench defines
+(its tasks, functions and instances are reachable only through hierarchical names, refused anyway)."""
+
+FORBIDDEN_KEYWORDS = frozenset({"bind"})
+"""SystemVerilog `bind` attaches code to another module's instances."""
+
+
+class Token(NamedTuple):
+    kind: str
+    """"id" (a name, escaped or not), "sys" ($name), "dir" (`name), "str", "num" or "op"."""
+    text: str
+    line: int
+
+
+_TOKEN = re.compile(
+    r"""
+    (?P<space>\s+)
+  | (?P<comment>//[^\n]*|/\*.*?(?:\*/|\Z))
+  | (?P<str>"(?:\\.|[^"\\\n])*"?)
+  | (?P<escaped>\\\S+)
+  | (?P<sys>\$[A-Za-z0-9_$]+)
+  | (?P<dir>`[A-Za-z_][A-Za-z0-9_$]*|``|`")
+  | (?P<num>(?:\d[\d_]*)?'[sS]?[bBoOdDhH]\s*[0-9a-fA-FxXzZ?_]+|'[01xXzZ]|\d[\d_]*(?:\.[\d_]+)?(?:[eE][+-]?\d[\d_]*)?)
+  | (?P<id>[A-Za-z_][A-Za-z0-9_$]*)
+  | (?P<op>.)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+
+def tokens(source: str) -> Iterator[Token]:
+    """The tokens of Verilog `source`, comments and whitespace left out."""
+    line = 1
+    for m in _TOKEN.finditer(source):
+        kind, text = m.lastgroup, m.group()
+        if kind not in ("space", "comment"):
+            yield Token("id" if kind == "escaped" else kind, text, line)
+        line += text.count("\n")
+
+
+def defined_names(source: str) -> set[str]:
+    """Names of the top-level units (modules, interfaces, packages, ...) `source` defines."""
+    names: set[str] = set()
+    previous = None
+    for tok in tokens(source):
+        if previous is not None and previous.text in DEFINING_KEYWORDS and tok.kind == "id":
+            names.add(tok.text)
+        previous = tok
+    return names
+
+
+def refusals(design: str, testbench: str) -> list[str]:
+    """Why `design` may not run against `testbench` (see the module docstring); [] for an honest design."""
+    reserved = defined_names(testbench) - defined_names(design)
+    reasons: list[str] = []
+
+    def refuse(tok: Token, why: str) -> None:
+        if len(reasons) < 5:
+            reasons.append(f"line {tok.line}: {why}")
+
+    previous: Token | None = None
+    for tok in tokens(design):
+        if tok.kind == "dir" and tok.text[1:] not in ALLOWED_DIRECTIVES:
+            refuse(tok, f"compiler directive {tok.text} (only `timescale and `default_nettype are allowed)")
+        elif tok.kind == "sys" and tok.text not in ALLOWED_SYSTEM_NAMES:
+            refuse(tok, f"system task or function {tok.text} (a design may not reach files, the command line "
+                        "or other modules)")
+        elif tok.kind == "id" and tok.text in FORBIDDEN_KEYWORDS:
+            refuse(tok, f"`{tok.text}` (it attaches code to other modules)")
+        elif tok.kind == "id" and tok.text in reserved:
+            refuse(tok, f"{tok.text!r}, which the testbench defines (a design may not use the reference or the "
+                        "testbench)")
+        elif tok.text == "." and previous is not None and (previous.kind in ("id", "sys") or previous.text in ("]", ")")):
+            refuse(tok, f"hierarchical name {previous.text}.… (a design may not name items of other modules)")
+        previous = tok
+    return reasons
