@@ -10,8 +10,10 @@ name there it can forge a pass with:
 - **The testbench's modules.** `reference_module r(.x, .f);` (v1) or `RefModule` (v2) instantiates the answer.
   A design may not use the name of anything the testbench defines.
 - **System tasks outside a small set.** `$fopen`, `$fgets`, `$readmemh` read the testbench's source, which
-  holds the per-sample report token; plusargs and `$system` reach beyond the design. Only arithmetic,
-  conversion, query, display and waveform-dump tasks are allowed (ALLOWED_SYSTEM_NAMES).
+  holds the per-sample report token; plusargs and `$system` reach beyond the design; `$finish` / `$stop`
+  end the simulation after the first few samples, and a wrong design that matched those passes
+  ("Mismatches: 0 in 1 samples"). Only arithmetic, conversion, query, display and waveform-dump tasks are
+  allowed (ALLOWED_SYSTEM_NAMES).
 - **Compiler directives other than `timescale / `default_nettype.** `include reads a file; a `define leaks
   into the testbench (compiled after the design) and could redefine its macros; token pasting could build
   any forbidden name out of allowed pieces. With no macros, every name the compiler sees is in the text
@@ -38,18 +40,20 @@ ALLOWED_SYSTEM_NAMES = frozenset(
         "$floor", "$ceil", "$ln", "$log10", "$exp", "$sqrt", "$pow", "$abs", "$sin", "$cos", "$tan",
         # array queries
         "$size", "$left", "$right", "$low", "$high", "$increment", "$dimensions", "$unpacked_dimensions",
-        # time, randomness, simulation control
-        "$time", "$stime", "$realtime", "$random", "$urandom", "$urandom_range", "$finish", "$stop",
+        # time and randomness ($finish, $stop and $fatal are not here: a design that ends the simulation
+        # after a few lucky samples gets "Mismatches: 0 in 1 samples")
+        "$time", "$stime", "$realtime", "$random", "$urandom", "$urandom_range",
         # waveform dumps: written into the sample's own folder, which nothing reads afterwards
         "$dumpfile", "$dumpvars", "$dumpon", "$dumpoff", "$dumpall", "$dumpflush", "$dumplimit",
         # display to the simulation's output, and strings (nothing outside the design is named)
         "$display", "$displayb", "$displayh", "$displayo", "$write", "$writeb", "$writeh", "$writeo",
-        "$strobe", "$monitor", "$monitoron", "$monitoroff", "$error", "$warning", "$info", "$fatal",
+        "$strobe", "$monitor", "$monitoron", "$monitoroff", "$error", "$warning", "$info",
         "$sformat", "$sformatf", "$swrite", "$sscanf",
     }
 )
 """System tasks and functions a design may call. Everything else is refused: file and memory-file access
-($fopen, $fgets, $fscanf, $readmemh, ...), plusargs, $system, $root, $unit."""
+($fopen, $fgets, $fscanf, $readmemh, ...), plusargs, $system, $root, $unit, and ending the simulation
+($finish, $stop, $fatal)."""
 
 DEFINING_KEYWORDS = frozenset({"module", "macromodule", "interface", "program", "package", "primitive", "class",
                                "checker", "config"})
