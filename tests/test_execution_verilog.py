@@ -118,5 +118,14 @@ def test_a_design_that_finishes_at_time_zero_never_passes_a_testbench_reporting_
     ]
     right, early = check_samples({"final_report/and": problem}, samples, timeout=5.0)
     assert right["passed"], right["result"]  # the final-block report itself is read
-    assert not early["passed"] and early["outcome"] == "failed", early
-    assert early["result"] == "failed: 0 mismatches in 0 samples"
+    # Ending the simulation is the testbench's: the design is refused before it runs (verilog_lint) ...
+    assert not early["passed"] and early["outcome"] == "refused", early
+    assert "$finish" in early["result"]
+    # ... and a report of no samples at all is never a pass.
+    from trainables.execution.verilog_check import verdict_from_steps
+
+    ok = {"status": 0, "timed_out": False}
+    reply = {"steps": [ok, ok], "data": [b"", b"tok Mismatches: 0 in 0 samples\n"]}
+    assert verdict_from_steps(reply, "tok") == {
+        "passed": False, "result": "failed: 0 mismatches in 0 samples", "outcome": "failed"
+    }
