@@ -43,6 +43,12 @@ endmodule
     # testbench's final block then reports "Mismatches: 0 in 1 samples"): passed before.
     "early-stop": "`timescale 1ps/1ps\n" + HEADER + "assign f = 1;\ninitial #6 $stop;\nendmodule\n",
     "early-finish": "`timescale 1ps/1ps\n" + HEADER + "assign f = 1;\ninitial #6 $finish;\nendmodule\n",
+    # Force the design's own input (its net is the testbench's stimulus, which the reference reads too) to a
+    # value whose answer the constant output gives: passed before. The same through a bidirectional switch.
+    "force-the-input": HEADER + "initial force x = 4'h0;\nassign f = 1;\nendmodule\n",
+    "switch-on-the-input": HEADER + "wire [4:1] z = 4'h0;\ntran t1 (x[1], z[1]), t2 (x[2], z[2]), t3 (x[3], z[3]), "
+    "t4 (x[4], z[4]);\nassign f = 1;\nendmodule\n",
+    "inout-port": "module top_module (inout [4:1] x, output logic f);\nassign x = 4'h0;\nassign f = 1;\nendmodule\n",
     "memory-file": HEADER + "reg [7:0] m [0:9999];\ninitial $readmemh(\"tb.sv\", m);\nassign f = 0;\nendmodule\n",
     "include": "`include \"tb.sv\"\n" + HEADER + "assign f = 0;\nendmodule\n",
     # A macro leaks into the testbench, compiled after the design; pasting builds names out of pieces.

@@ -14,6 +14,10 @@ name there it can forge a pass with:
   end the simulation after the first few samples, and a wrong design that matched those passes
   ("Mismatches: 0 in 1 samples"). Only arithmetic, conversion, query, display and waveform-dump tasks are
   allowed (ALLOWED_SYSTEM_NAMES).
+- **Overriding shared nets.** An input port's net is the testbench's stimulus net, which the reference
+  reads too: `initial force x = 0;` on the design's own input makes the reference answer the same constant
+  question as the design. `force`, `release`, `deassign`, `alias`, the bidirectional switches (`tran`, ...)
+  and `inout` / `ref` ports are refused (FORBIDDEN_KEYWORDS).
 - **Compiler directives other than `timescale / `default_nettype.** `include reads a file; a `define leaks
   into the testbench (compiled after the design) and could redefine its macros; token pasting could build
   any forbidden name out of allowed pieces. With no macros, every name the compiler sees is in the text
@@ -60,8 +64,20 @@ DEFINING_KEYWORDS = frozenset({"module", "macromodule", "interface", "program", 
 """Keywords followed by the name of a top-level unit. A design may not use the units the testbench defines
 (its tasks, functions and instances are reachable only through hierarchical names, refused anyway)."""
 
-FORBIDDEN_KEYWORDS = frozenset({"bind"})
-"""SystemVerilog `bind` attaches code to another module's instances."""
+FORBIDDEN_KEYWORDS = {
+    "bind": "it attaches code to other modules",
+    "force": "it overrides a net the testbench shares through the design's ports",
+    "release": "it overrides a net the testbench shares through the design's ports",
+    "deassign": "it overrides a net the testbench shares through the design's ports",
+    "alias": "it joins the design's nets to the testbench's",
+    **{switch: "a bidirectional switch drives the testbench's nets through the design's ports"
+       for switch in ("tran", "tranif0", "tranif1", "rtran", "rtranif0", "rtranif1")},
+    "inout": "the problems' ports are inputs and outputs; an inout port drives the testbench's stimulus",
+    "ref": "the problems' ports are inputs and outputs; a ref port shares the testbench's variable",
+}
+"""Keywords a design may not use, and why. An input port's net is the testbench's stimulus net, which the
+reference sees too: `initial force x = 0;` or `tran t (x[1], zero);` on the design's own input made the
+reference answer the same constant question as the design (both passed before these rules)."""
 
 
 class Token(NamedTuple):
@@ -125,7 +141,7 @@ def refusals(design: str, testbench: str) -> list[str]:
             refuse(tok, f"system task or function {tok.text} (a design may not reach files, the command line "
                         "or other modules)")
         elif tok.kind == "id" and tok.text in FORBIDDEN_KEYWORDS:
-            refuse(tok, f"`{tok.text}` (it attaches code to other modules)")
+            refuse(tok, f"`{tok.text}` ({FORBIDDEN_KEYWORDS[tok.text]})")
         elif tok.kind == "id" and tok.text in reserved:
             refuse(tok, f"{tok.text!r}, which the testbench defines (a design may not use the reference or the "
                         "testbench)")
