@@ -49,6 +49,56 @@ endmodule
     "switch-on-the-input": HEADER + "wire [4:1] z = 4'h0;\ntran t1 (x[1], z[1]), t2 (x[2], z[2]), t3 (x[3], z[3]), "
     "t4 (x[4], z[4]);\nassign f = 1;\nendmodule\n",
     "inout-port": "module top_module (inout [4:1] x, output logic f);\nassign x = 4'h0;\nassign f = 1;\nendmodule\n",
+    # Found by a red team (2026-12-01), each passed the checker with the first version of these rules:
+    # steering the one random-number generator the testbench's stimulus draws from (values the constant
+    # cannot answer are drawn and thrown away, peeked at through a seeded copy of the state) ...
+    "steer-the-stimulus": "`timescale 1ps/1ps\n" + HEADER + """assign f = 1;
+integer m, t, v, dummy;
+function automatic bit good(input [3:0] k);
+  good = (k == 0 || k == 1 || k == 4 || k == 5 || k == 6 || k == 12 || k == 14 || k == 15);
+endfunction
+initial begin
+  m = 0;
+  #1;
+  forever begin
+    t = m; v = $random(t);
+    while (!good(v[3:0])) begin dummy = $random; m = t; t = m; v = $random(t); end
+    m = t;
+    #5;
+  end
+end
+endmodule
+""",
+    # ... escaped names, which iverilog reads as the system task or the module they spell ...
+    "escaped-system-task": "`timescale 1ps/1ps\n" + HEADER + "assign f = 0;\ninitial #6 \\$finish ;\nendmodule\n",
+    "escaped-module-name": HEADER + "\\reference_module r (.x(x), .f(f));\nendmodule\n",
+    "escaped-forged-report": HEADER + """assign f = 0;
+integer fd, out, r, k;
+reg [8*400:1] line;
+reg [256:1] tok;
+initial begin
+  out = \\$fopen ("/dev/stdout", "a");
+  fd = \\$fopen ("tb.sv", "r");
+  while (!\\$feof (fd)) begin
+    line = 0;
+    r = \\$fgets (line, fd);
+    for (k = 0; k < 340; k = k + 1)
+      if (line[8*k+1 +: 128] == " Mismatches: %1d" && line[8*(k+48)+1 +: 8] == "\\"")
+        tok = line[8*(k+16)+1 +: 256];
+  end
+end
+final \\$fdisplay (out, "%s Mismatches: 0 in 100 samples", tok);
+endmodule
+""",
+    # ... and control characters, where iverilog and Python split the text differently: a backspace ends an
+    # escaped name for iverilog only (hiding a hierarchical name), a vertical tab is whitespace for Python only
+    # (faking a definition of the reference's name).
+    "backspace-hierarchical-read": HEADER + "wire \\z = 0;\nassign f = \\z\b^tb.f_ref^\\z ;\nendmodule\n",
+    "backspace-hierarchical-write": HEADER + "reg \\z = 0;\nassign f = 0;\n"
+    "always @(\\z\b,tb.stats1.errors) begin \\z\b=0;tb.stats1.errors=0; end\nendmodule\n",
+    "vertical-tab-definition": HEADER + "typedef logic \\q\vmodule ;\n"
+    "function automatic logic g; \\q\vmodule reference_module; g = 0; endfunction\n"
+    "reference_module r (.x(x), .f(f));\nendmodule\n",
     "memory-file": HEADER + "reg [7:0] m [0:9999];\ninitial $readmemh(\"tb.sv\", m);\nassign f = 0;\nendmodule\n",
     "include": "`include \"tb.sv\"\n" + HEADER + "assign f = 0;\nendmodule\n",
     # A macro leaks into the testbench, compiled after the design; pasting builds names out of pieces.
@@ -129,12 +179,13 @@ def test_forging_designs_never_run_and_never_pass_the_real_checker(v1):
         "module m(input a, output y); sub u (.*); endmodule",
         "module m(output real r); assign r = 1.5e3 + 0.25; endmodule",  # a number's point is not a name's
         "module m(output [3:0] y); assign y = 4'b1010 + 4'h F + 'x; endmodule",
-        "module m(output y); wire \\tb.f_ref ; assign y = \\tb.f_ref ; endmodule",  # an escaped local name
         'module m(output y); initial $display("tb.stats1 $fopen `include"); assign y = 0; endmodule',  # in a string
         "// tb.stats1.errors, $fopen, `define\n/* reference_module r(); */ module m(output y); assign y = $signed(1'b0); endmodule",
         "`timescale 1ns/1ps\n`default_nettype none\nmodule m(output y); assign y = 1'b0; endmodule",
         "module m(output [7:0] y); localparam W = $clog2(256); assign y = $bits(y) + W; endmodule",
         "module m(output y); initial begin $dumpfile(\"w.vcd\"); $dumpvars; end assign y = 0; endmodule",
+        "// Unicode in comments \u2265 and strings is fine\nmodule m(output y); initial $display(\"\u2264\"); "
+        "assign y = 0; endmodule",
     ],
 )
 def test_honest_constructs_are_allowed(design):
@@ -151,6 +202,10 @@ def test_honest_constructs_are_allowed(design):
         ("module m(output y); reference_module r (); endmodule", "'reference_module'"),
         ("`ifdef X\nmodule m; endmodule\n`endif", "compiler directive `ifdef"),
         ("module m; initial $fdisplay(32'h8000_0001, \"Mismatches: 0 in 1 samples\"); endmodule", "$fdisplay"),
+        ("module m(output y); wire \\tb.f_ref ; assign y = \\tb.f_ref ; endmodule", "escaped name \\tb.f_ref"),
+        ("module m(output y); assign y = $urandom; endmodule", "$urandom"),
+        ("module m(output y);\n// a comment\x0c\nassign y = 0; endmodule", "line 2: control character 0x0c"),
+        ("module m(output y); assign y = 0 \u2265 1; endmodule", "non-ASCII character"),
     ],
 )
 def test_each_rule_names_what_it_refused(design, rule):

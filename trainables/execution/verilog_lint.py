@@ -1,4 +1,4 @@
-"""What a Verilog design under test may not use: the static rules that keep its verdict the testbench's.
+r"""What a Verilog design under test may not use: the static rules that keep its verdict the testbench's.
 
 The design is compiled into one simulation with its testbench and the reference model, so whatever it can
 name there it can forge a pass with:
@@ -18,6 +18,11 @@ name there it can forge a pass with:
   reads too: `initial force x = 0;` on the design's own input makes the reference answer the same constant
   question as the design. `force`, `release`, `deassign`, `alias`, the bidirectional switches (`tran`, ...)
   and `inout` / `ref` ports are refused (FORBIDDEN_KEYWORDS).
+- **Escaped names and control characters.** iverilog reads `\$finish` as the system task and
+  `\reference_module` as the module, and ends an escaped name at a backspace where Python's `\S` does not
+  (`\z<BS>^tb.f_ref` hid a hierarchical name). Designs may use neither escaped names nor control characters
+  other than tab and line ends, nor non-ASCII text outside comments and strings, so that this module and
+  the compiler split the text into the same tokens.
 - **Compiler directives other than `timescale / `default_nettype.** `include reads a file; a `define leaks
   into the testbench (compiled after the design) and could redefine its macros; token pasting could build
   any forbidden name out of allowed pieces. With no macros, every name the compiler sees is in the text
@@ -44,9 +49,11 @@ ALLOWED_SYSTEM_NAMES = frozenset(
         "$floor", "$ceil", "$ln", "$log10", "$exp", "$sqrt", "$pow", "$abs", "$sin", "$cos", "$tan",
         # array queries
         "$size", "$left", "$right", "$low", "$high", "$increment", "$dimensions", "$unpacked_dimensions",
-        # time and randomness ($finish, $stop and $fatal are not here: a design that ends the simulation
-        # after a few lucky samples gets "Mismatches: 0 in 1 samples")
-        "$time", "$stime", "$realtime", "$random", "$urandom", "$urandom_range",
+        # time ($finish, $stop and $fatal are not here: a design that ends the simulation after a few lucky
+        # samples gets "Mismatches: 0 in 1 samples"; nor is $random or $urandom: the simulation has one
+        # generator, which the testbench's stimulus draws from, and a design that drew the values it could
+        # not answer made the testbench ask only the ones it could)
+        "$time", "$stime", "$realtime",
         # waveform dumps: written into the sample's own folder, which nothing reads afterwards
         "$dumpfile", "$dumpvars", "$dumpon", "$dumpoff", "$dumpall", "$dumpflush", "$dumplimit",
         # display to the simulation's output, and strings (nothing outside the design is named)
@@ -56,8 +63,8 @@ ALLOWED_SYSTEM_NAMES = frozenset(
     }
 )
 """System tasks and functions a design may call. Everything else is refused: file and memory-file access
-($fopen, $fgets, $fscanf, $readmemh, ...), plusargs, $system, $root, $unit, and ending the simulation
-($finish, $stop, $fatal)."""
+($fopen, $fgets, $fscanf, $readmemh, ...), plusargs, $system, $root, $unit, ending the simulation
+($finish, $stop, $fatal) and the shared random-number generator ($random, $urandom, $dist_*)."""
 
 DEFINING_KEYWORDS = frozenset({"module", "macromodule", "interface", "program", "package", "primitive", "class",
                                "checker", "config"})
@@ -82,7 +89,7 @@ reference answer the same constant question as the design (both passed before th
 
 class Token(NamedTuple):
     kind: str
-    """"id" (a name, escaped or not), "sys" ($name), "dir" (`name), "str", "num" or "op"."""
+    """"id" (a name), "esc" (an escaped name, \\name), "sys" ($name), "dir" (`name), "str", "num" or "op"."""
     text: str
     line: int
 
@@ -109,7 +116,7 @@ def tokens(source: str) -> Iterator[Token]:
     for m in _TOKEN.finditer(source):
         kind, text = m.lastgroup, m.group()
         if kind not in ("space", "comment"):
-            yield Token("id" if kind == "escaped" else kind, text, line)
+            yield Token("esc" if kind == "escaped" else kind, text, line)
         line += text.count("\n")
 
 
@@ -124,9 +131,18 @@ def defined_names(source: str) -> set[str]:
     return names
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+r"""Control characters other than tab, line feed and carriage return: the compiler's tokens and these could
+differ around them (iverilog ends an escaped name at a backspace, Python's whitespace includes \v)."""
+
+
 def refusals(design: str, testbench: str) -> list[str]:
     """Why `design` may not run against `testbench` (see the module docstring); [] for an honest design."""
-    reserved = defined_names(testbench) - defined_names(design)
+    control = _CONTROL.search(design)
+    if control:
+        line = design.count("\n", 0, control.start()) + 1
+        return [f"line {line}: control character {ord(control.group()):#04x} (only tab and line ends are allowed)"]
+    reserved = defined_names(testbench)
     reasons: list[str] = []
 
     def refuse(tok: Token, why: str) -> None:
@@ -135,7 +151,12 @@ def refusals(design: str, testbench: str) -> list[str]:
 
     previous: Token | None = None
     for tok in tokens(design):
-        if tok.kind == "dir" and tok.text[1:] not in ALLOWED_DIRECTIVES:
+        if tok.kind == "esc":
+            refuse(tok, f"escaped name {tok.text} (the compiler may read it as a system task or another "
+                        "module's name)")
+        elif tok.kind == "op" and not tok.text.isascii():
+            refuse(tok, f"non-ASCII character {tok.text!r} outside comments and strings")
+        elif tok.kind == "dir" and tok.text[1:] not in ALLOWED_DIRECTIVES:
             refuse(tok, f"compiler directive {tok.text} (only `timescale and `default_nettype are allowed)")
         elif tok.kind == "sys" and tok.text not in ALLOWED_SYSTEM_NAMES:
             refuse(tok, f"system task or function {tok.text} (a design may not reach files, the command line "
