@@ -99,6 +99,10 @@ endmodule
     "vertical-tab-definition": HEADER + "typedef logic \\q\vmodule ;\n"
     "function automatic logic g; \\q\vmodule reference_module; g = 0; endfunction\n"
     "reference_module r (.x(x), .f(f));\nendmodule\n",
+    # A second red team: $sscanf with a format code Icarus 11 does not know stops the simulation with exit
+    # status 0, after the one sample the constant matches (passed with the rules before it).
+    "sscanf-stop": "`timescale 1ps/1ps\n" + HEADER + "assign f = 1;\ninteger v, r;\n"
+    "initial #6 r = $sscanf(\"12\", \"%q\", v);\nendmodule\n",
     "memory-file": HEADER + "reg [7:0] m [0:9999];\ninitial $readmemh(\"tb.sv\", m);\nassign f = 0;\nendmodule\n",
     "include": "`include \"tb.sv\"\n" + HEADER + "assign f = 0;\nendmodule\n",
     # A macro leaks into the testbench, compiled after the design; pasting builds names out of pieces.
@@ -169,6 +173,24 @@ def test_forging_designs_never_run_and_never_pass_the_real_checker(v1):
     assert results["wrong"]["outcome"] == "failed"  # an honest wrong design still runs and fails
     summary = summarize(list(results.values()), [1])
     assert summary["outcomes"]["refused"] == len(FORGERIES) and summary["outcomes"]["passed"] == 1
+
+
+@pytest.mark.skipif(shutil.which("iverilog") is None or shutil.which("vvp") is None,
+                    reason="iverilog/vvp not installed (Debian package 'iverilog'; `make` installs it)")
+def test_a_run_the_simulator_stopped_on_an_error_fails_even_past_the_rules(v1, monkeypatch):
+    """Defence in depth: were a design to reach a run-time error that stops vvp with exit status 0 (as $sscanf
+    with an unknown format code does), the testbench's final block still reports the samples so far."""
+    import trainables.execution.checker as checker_module
+
+    monkeypatch.setattr(checker_module.verilog_lint, "refusals", lambda design, testbench: [])
+    p = v1[TASK]
+    checker = Checker(workers=1)
+    try:
+        (result,) = checker.check({TASK: p}, [{"task_id": TASK, "completion": FORGERIES["sscanf-stop"]}])
+    finally:
+        checker.close()
+    assert (result["passed"], result["outcome"]) == (False, "error"), result
+    assert "the simulator stopped on an error: ERROR:" in result["result"]
 
 
 @pytest.mark.parametrize(

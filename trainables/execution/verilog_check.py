@@ -110,6 +110,11 @@ def verdict_from_steps(reply: dict, token: str) -> dict:
         return _verdict(False, f"failed: simulation ended with status {sim['status']}", outcome)
     if not report:
         return _verdict(False, "failed: the simulation ended without the testbench's report", "error")
+    stopped = re.search(r"^ERROR: .*$", sim["output"], re.MULTILINE)
+    if stopped:
+        # vvp stops some runs on a run-time error yet exits 0, and the testbench's final block still reports the
+        # samples so far (no VerilogEval testbench prints "ERROR:" itself).
+        return _verdict(False, f"failed: the simulator stopped on an error: {stopped.group()[:300]}", "error")
     mismatches, samples = (int(v) for v in report[-1])
     if re.search(r"^TIMEOUT\s*$", sim["output"], re.MULTILINE):
         return _verdict(False, "failed: the testbench's own time limit was reached (TIMEOUT)", "timeout")
