@@ -131,7 +131,12 @@ def build_driver(space_path: Path, run_dir: Path) -> Driver:
     callbacks = _create_default_callbacks(list(run_config.callbacks or []), metric=None, mode=None)
     for callback in callbacks:
         callback.setup()
-    return Driver(space, run_dir, tune_config.search_alg, scheduler, callbacks, dict(internal.param_space or {}))
+    from ray.tune.search.search_generator import SearchGenerator
+
+    searcher = tune_config.search_alg
+    if isinstance(searcher, SearchGenerator):  # the bench asks the limiter itself, as the generator would
+        searcher = searcher.searcher
+    return Driver(space, run_dir, searcher, scheduler, callbacks, dict(internal.param_space or {}))
 
 
 def _stub_trial(trial_id: str, config: dict, storage_root: Path) -> Any:
