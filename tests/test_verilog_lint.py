@@ -228,6 +228,7 @@ def test_honest_constructs_are_allowed(design):
         ("module m(output y); assign y = $urandom; endmodule", "$urandom"),
         ("module m(output y);\n// a comment\x0c\nassign y = 0; endmodule", "line 2: control character 0x0c"),
         ("module m(output y); assign y = 0 \u2265 1; endmodule", "non-ASCII character"),
+        ("module m(input x, output y); initial for\u00a0ce x = 0; endmodule", "non-ASCII character '\\xa0'"),
     ],
 )
 def test_each_rule_names_what_it_refused(design, rule):

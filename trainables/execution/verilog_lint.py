@@ -107,7 +107,9 @@ _TOKEN = re.compile(
   | (?P<id>[A-Za-z_][A-Za-z0-9_$]*)
   | (?P<op>.)
     """,
-    re.VERBOSE | re.DOTALL,
+    # ASCII classes: to Python, \s and \d also match Unicode spaces and digits, which iverilog does not read
+    # as such (a no-break space would split "force" for this tokenizer only); those go to `op` and are refused.
+    re.VERBOSE | re.DOTALL | re.ASCII,
 )
 
 
