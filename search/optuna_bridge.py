@@ -440,13 +440,14 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> Optional[Union[dict, str]]:
         if trial_id not in self._ot_trials:
             ot_trial = self._claim_orphan()
-            if ot_trial is None and self.samples_used() >= self._search_space.num_samples:
-                # Tune's own count can fall short of this after a resume: a trial that ran and finished after
-                # Tune's last saved state is in the study but not in Tune's trial list (resume_reconcile).
-                logger.info("the study holds %d trials, the space's num_samples: the search asks no more",
-                            self.samples_used())
-                return Searcher.FINISHED
-            ot_trial = ot_trial or self._ask_new()
+            if ot_trial is None:
+                used = self.samples_used()
+                if used >= self._search_space.num_samples:
+                    # Tune's own count can fall short of this after a resume: a trial that ran and finished after
+                    # Tune's last saved state is in the study but not in Tune's trial list (resume_reconcile).
+                    logger.info("the study holds %d trials, the space's num_samples: the search asks no more", used)
+                    return Searcher.FINISHED
+                ot_trial = self._ask_new()
             if ot_trial is None:
                 return Searcher.FINISHED
             ot_trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)

