@@ -5,10 +5,11 @@ A `SandboxServer` is a child Python process started with a minimal environment (
 secrets are never in its memory), talking frames over its stdin/stdout: a length-prefixed JSON
 header, then raw sections holding the sample's text, which the server reads into a fixed private
 buffer and never turns into Python objects (no sample finds an earlier one's text in the heap it
-inherits). It runs one job at a time: a Python sample (`kind="python"`: the candidate in a forked
-sample process, the test in the server's harness process, which alone decides the verdict; see
-harness.py) or a list of commands (`kind="commands"`, used for iverilog/vvp). `SandboxPool` keeps one server per worker and restarts any server a hostile sample
-managed to kill; only that sample fails.
+inherits). It runs one job at a time: a Python sample (`kind="python"`: the candidate in a sample
+process of its own, forked by the server's lean sample spawner (spawner.py); the test in the
+server's harness process, which alone decides the verdict; see harness.py) or a list of commands
+(`kind="commands"`, used for iverilog/vvp, forked by the server itself). `SandboxPool` keeps one
+server per worker and restarts any server a hostile sample managed to kill; only that sample fails.
 """
 from __future__ import annotations
 
@@ -156,8 +157,11 @@ def serve() -> None:
     # server's objects.
     gc.freeze()
     harness.start()
+    spawner = (_start_spawner(iso, config.get("humaneval_guard", True)) if config.get("use_spawner", True)
+               else _ServerSpawner(None, "the caller turned the sample spawner off"))
     iso_dict = iso.as_dict()
     iso_dict["verdicts"] = harness.description
+    iso_dict["candidates"] = spawner.description
     if harness.weakness:
         iso_dict["weaknesses"] = [*iso_dict["weaknesses"], harness.weakness]
     _send(out_fd, {"ready": True, "pid": os.getpid(), "isolation": iso_dict})
@@ -175,7 +179,7 @@ def serve() -> None:
             if spans is None:
                 reply = ({"server_error": f"sandbox server error: the job is larger than {_BUFFER_BYTES} bytes"}, [])
             elif header["kind"] == "python":
-                reply = _run_python(iso, limits, header, buffer, spans, harness)
+                reply = _run_python(iso, limits, header, buffer, spans, harness, spawner)
             else:
                 reply = _run_commands(iso, limits, header, buffer, spans)
         except Exception as e:
@@ -190,6 +194,7 @@ def serve() -> None:
         _send_frame(out_fd, *reply)
         harness.clear_reply()
     harness.stop()
+    spawner.stop()
     sandbox.remove_tree(iso.sample_root)
 
 
@@ -341,9 +346,49 @@ def _write_all(fd: int, data) -> None:
         view = view[os.write(fd, view):]
 
 
-def _run_python(iso, limits: SandboxLimits, header: dict, buffer: _SampleBuffer, spans, harness: "_Harness"):
-    """Candidate (sections[0]: prompt + completion) in a forked sample process; the test (sections[1]:
-    prompt, sections[2]: test) in the harness process, which alone decides the verdict."""
+class _ServerSpawner:
+    """Where the server's Python candidates come from: its lean sample spawner (spawner.py) when it
+    started, else the server's own fork (`enter_sample`), the design before the spawner."""
+
+    def __init__(self, spawner, reason: str = ""):
+        self.spawner = spawner if not reason else None
+        self.description = (
+            "forked by a lean sample spawner (python -I -S, seccomp filter loaded once into it); the server stays their parent"
+            if self.spawner else f"forked by the sandbox server itself: {reason}")
+
+    def spawn(self, cpu_seconds: int, entry_point: str, fds: list[int]) -> int:
+        try:
+            return self.spawner.spawn(cpu_seconds, entry_point, fds)
+        except OSError:
+            # The spawner died (it is root and out of samples' reach, so not their doing): once more
+            # with a fresh one, then the sample fails with a server error.
+            if self.spawner.restart():
+                raise
+            return self.spawner.spawn(cpu_seconds, entry_point, fds)
+
+    def stop(self) -> None:
+        if self.spawner is not None:
+            self.spawner.stop()
+
+
+def _start_spawner(iso, humaneval_guard: bool) -> _ServerSpawner:
+    from trainables.execution import sandbox
+    from trainables.execution.spawner import CANDIDATE_PREIMPORTS, Spawner
+
+    program = sandbox._SECCOMP_PROGRAM.raw if sandbox._SECCOMP_PROGRAM is not None else None
+    spawner = Spawner(iso, program, humaneval_guard, CANDIDATE_PREIMPORTS)
+    try:
+        reason = spawner.start()
+    except OSError as e:
+        reason = f"the sample spawner could not start ({e})"
+    return _ServerSpawner(spawner, reason)
+
+
+def _run_python(iso, limits: SandboxLimits, header: dict, buffer: _SampleBuffer, spans, harness: "_Harness",
+                spawner: _ServerSpawner):
+    """Candidate (sections[0]: prompt + completion) in a sample process of its own, forked by the spawner
+    (or the server); the test (sections[1]: prompt, sections[2]: test) in the harness process, which
+    alone decides the verdict."""
     from trainables.execution import harness as harness_module
     from trainables.execution import sandbox
 
@@ -375,18 +420,32 @@ def _run_python(iso, limits: SandboxLimits, header: dict, buffer: _SampleBuffer,
     os.close(source_w)
     # The candidate's snapshot of the buffer must not hold the test (its expected values).
     buffer.clear(prompt_start, test_end)
-    server_pid = os.getpid()
-    pid = _fast_fork()
-    if pid == 0:
+    if spawner.spawner is not None:
+        # The candidate reads its source from a memory file: the spawner passes it on unread.
+        source_fd = os.memfd_create("ibft-candidate", os.MFD_CLOEXEC)
         try:
-            sandbox.enter_sample(iso, _cpu_seconds(timeout), (call_r, reply_w), iso.devnull_fd, server_pid)
-            source = bytes(buffer.view[cand_start:cand_end]).decode("utf-8", "surrogatepass")
-            harness_module.run_candidate(source, entry_point, call_r, reply_w, sandbox.REAL.write, sandbox.REAL.exit)
-        finally:
-            sandbox.REAL.exit(70)
+            _write_all(source_fd, buffer.view[cand_start:cand_end])
+            buffer.clear(cand_start, cand_end)
+            pid = spawner.spawn(_cpu_seconds(timeout), entry_point, [call_r, reply_w, source_fd])
+        except OSError as e:
+            for fd in (call_r, reply_w, source_fd):
+                os.close(fd)
+            return {"server_error": f"sandbox server error: the sample spawner failed: {e}"}, []
+        os.close(source_fd)
+    else:
+        server_pid = os.getpid()
+        pid = _fast_fork()
+        if pid == 0:
+            try:
+                sandbox.enter_sample(iso, _cpu_seconds(timeout), (call_r, reply_w), iso.devnull_fd, server_pid)
+                source = bytes(buffer.view[cand_start:cand_end]).decode("utf-8", "surrogatepass")
+                harness_module.run_candidate(source, entry_point, call_r, reply_w, sandbox.REAL.write,
+                                             sandbox.REAL.exit)
+            finally:
+                sandbox.REAL.exit(70)
+        buffer.clear(cand_start, cand_end)
     os.close(call_r)
     os.close(reply_w)
-    buffer.clear(cand_start, cand_end)
     status, timed_out, lingered, answered = _wait_python(pid, timeout, harness)
     leftovers = sandbox.kill_leftovers(iso) + lingered
     if not answered:
@@ -541,8 +600,10 @@ class SandboxServer:
 
     def __init__(
         self, limits: SandboxLimits, humaneval_guard: bool = True, strict: bool = True, startup_timeout: float = 60.0,
-        hide_paths: tuple[str, ...] = (),
+        hide_paths: tuple[str, ...] = (), use_spawner: bool = True,
     ):
+        """`use_spawner=False` forks Python candidates from the server itself (the design before
+        spawner.py; slower, kept as the fallback where the spawner cannot start and for tests)."""
         package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self._closed = False
         # -I: ignore the caller's PYTHON* variables and user site; the package is found through the
@@ -564,7 +625,7 @@ class SandboxServer:
             # The benchmarks' own answers are hidden from every sample, beside what the caller names.
             hidden = [*hide_paths, *answer_folders()]
             config = {"limits": _limits_dict(limits), "humaneval_guard": humaneval_guard,
-                      "use_namespaces": strict, "switch_uid": strict, "hide_paths": hidden}
+                      "use_namespaces": strict, "switch_uid": strict, "hide_paths": hidden, "use_spawner": use_spawner}
             _send(self._in, config)
             hello = _recv(self._out, time.monotonic() + startup_timeout)
         except (TimeoutError, OSError, ValueError):

