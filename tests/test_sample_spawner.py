@@ -188,6 +188,12 @@ VERDICT_CASES = [
     ("    return input()\n", "error"),
     ("    while True:\n        pass\n", "timeout"),
     ("    import posix\n    posix.abort()\n", "error"),
+    # The guard's shutil and subprocess functions are None however the sample reaches them (the
+    # spawner sets them on import; the server imported both modules before any sample ran).
+    ("    import subprocess\n    subprocess.Popen(['true'])\n    return x + 1\n", "error"),
+    ("    from subprocess import Popen\n    return x + 1 if Popen is None else x\n", "passed"),
+    ("    import tempfile, shutil\n    return x + 1 if (shutil.rmtree, shutil.move, shutil.chown) == (None,) * 3 else x\n",
+     "passed"),
 ]
 
 

@@ -69,13 +69,13 @@ def clone_syscall_number() -> int | None:
 
 def main(sock_fd: int) -> None:
     """Entry point of the spawner process: `sock_fd` is its socket to the server."""
+    import _socket  # not socket.py: it imports selectors and enum, more to copy at every fork
     import ctypes
     import gc
     import marshal
     import resource
-    import socket
 
-    sock = socket.socket(fileno=sock_fd)
+    sock = _socket.socket(fileno=sock_fd)
     config = marshal.loads(sock.recv(1 << 20))
     # The server's import path (its site-packages and the package's parent), so candidates import what
     # they could when the server forked them. Started with -S, the spawner skips `site` (about 0.1 ms
@@ -96,8 +96,10 @@ def main(sock_fd: int) -> None:
     if config["humaneval_guard"]:
         import humaneval_guard
 
-        humaneval_guard.apply_humaneval_guard()
+        humaneval_guard.apply_humaneval_guard(defer_modules=True)
     if config["block_sockets"]:
+        import socket
+
         _block_sockets(socket)
     if config["seccomp"] is not None:
         # Once, here: every candidate inherits it, and a process cannot remove a filter.
@@ -117,7 +119,7 @@ def main(sock_fd: int) -> None:
     sock.send(marshal.dumps({"ready": True, "pid": os.getpid()}))
     while True:
         try:
-            request, fds, _flags, _addr = socket.recv_fds(sock, _REQUEST_LIMIT, 3)
+            request, fds = _recv_fds(sock, _REQUEST_LIMIT, 3)
         except OSError:
             os._exit(0)
         if not request:
@@ -176,6 +178,18 @@ class _CandidateRules:
         self.libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
         if os.getppid() != self.server_pid:
             self.exit(70)
+
+
+def _recv_fds(sock, size: int, max_fds: int) -> tuple[bytes, list[int]]:
+    """socket.recv_fds on a bare _socket.socket: the message and the descriptors that came with it."""
+    import _socket
+
+    message, ancillary, _flags, _addr = sock.recvmsg(size, _socket.CMSG_LEN(max_fds * 4))
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4])
+    return message, fds
 
 
 def _read_source(fd: int) -> str:
