@@ -338,3 +338,35 @@ return x + 1
     assert any("network namespace" in w for w in iso["weaknesses"])
     assert any("mount namespace" in w for w in iso["weaknesses"])
     assert "sandbox fallback" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a private IPC namespace needs root")
+def test_sysv_ipc_in_use_counts_each_kind_of_object():
+    """The server's three-call check (sandbox.sysv_ipc_in_use) sees a segment, a queue and a
+    semaphore set, and nothing once remove_sysv_ipc removed them (in a private IPC namespace)."""
+    import ctypes
+
+    from trainables.execution import sandbox
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(0x08000000) == 0:  # CLONE_NEWIPC
+                seen = [sandbox.sysv_ipc_in_use()]
+                for make in (lambda: libc.shmget(0, 4096, 0o1600), lambda: libc.msgget(0, 0o1600),
+                             lambda: libc.semget(0, 1, 0o1600)):
+                    made = make() >= 0
+                    seen += [made and sandbox.sysv_ipc_in_use(), sandbox.remove_sysv_ipc(), sandbox.sysv_ipc_in_use()]
+                os.write(write, repr(seen).encode())
+                code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    seen = os.read(read, 1000).decode()
+    os.close(read)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert seen == repr([False, True, 1, False, True, 1, False, True, 1, False])

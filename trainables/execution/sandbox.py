@@ -147,6 +147,10 @@ class Isolation:
     else after each sample)."""
     ipc_namespace: bool = False
     """Whether the server has its own IPC namespace (SysV objects removed after each sample)."""
+    clean_inodes: dict = dataclasses.field(default_factory=dict)
+    """tmpfs path -> its free-inode count when clean (the sample directory right after its mount, a
+    shared directory right after it was emptied): an unchanged count means no sample created
+    anything there since, which one statvfs tells instead of a directory listing."""
     pid_namespace: bool = False
     """Whether the server is pid 1 of its own PID namespace with a fresh /proc."""
     minimal_root: bool = False
@@ -161,7 +165,8 @@ class Isolation:
 
     def as_dict(self) -> dict:
         """Plain-dict form, as sent from the server to the caller."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("protected_pids", "cgroup_fds")}
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("protected_pids", "cgroup_fds", "clean_inodes")}
 
 
 def isolate_server(use_namespaces: bool = True, switch_uid: bool = True, cgroups: "Cgroups | None" = None,
@@ -1159,9 +1164,9 @@ def fresh_sample_dir(iso: Isolation) -> str:
     """
     path = iso.sample_dir
     if iso.work_tmpfs:
-        if os.path.ismount(path):
-            if not os.listdir(path):
-                return path  # the usual case: the previous sample wrote nothing
+        if path in iso.clean_inodes:  # our tmpfs is mounted there
+            if os.statvfs(path).f_ffree == iso.clean_inodes[path]:
+                return path  # the usual case: the previous sample created nothing
             if _libc.umount2(path.encode(), MNT_DETACH) != 0:
                 raise OSError(ctypes.get_errno(), f"cannot detach the sample tmpfs: {_errno_text()}")
         else:
@@ -1170,7 +1175,9 @@ def fresh_sample_dir(iso: Isolation) -> str:
         if iso.sample_uid is not None:
             options += f",uid={iso.sample_uid},gid={iso.sample_uid}"
         if _libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options.encode()) != 0:
+            iso.clean_inodes.pop(path, None)
             raise OSError(ctypes.get_errno(), f"cannot mount the sample tmpfs: {_errno_text()}")
+        iso.clean_inodes[path] = os.statvfs(path).f_ffree
         return path
     try:
         REAL.rmdir(path)  # the usual case: the previous sample wrote nothing
@@ -1187,20 +1194,47 @@ def fresh_sample_dir(iso: Isolation) -> str:
 def clear_shared_state(iso: Isolation) -> None:
     """Empty what one sample could leave for the next: the private world-writable tmpfs directories
     (all but the entries the server itself put there) and, in our own IPC namespace, every SysV
-    shared-memory segment, message queue and semaphore set."""
+    shared-memory segment, message queue and semaphore set.
+
+    The usual case, a sample that left nothing, costs one statvfs per directory (each is a tmpfs of
+    its own, and anything a sample leaves takes an inode: the server's own entries are root's, in
+    sticky directories, so no sample can remove one to make room) and three IPC_INFO-style calls.
+    """
     for path, protected in iso.shared_dirs.items():
         try:
+            if os.statvfs(path).f_ffree == iso.clean_inodes.get(path):
+                continue
             names = os.listdir(path)
         except OSError:
             continue
         for name in names:
             if name not in protected:
                 remove_entry(path, name)
-    if iso.ipc_namespace:
+        try:
+            iso.clean_inodes[path] = os.statvfs(path).f_ffree
+        except OSError:
+            pass
+    if iso.ipc_namespace and sysv_ipc_in_use():
         remove_sysv_ipc()
 
 
 _IPC_RMID = 0
+_MSG_INFO, _SHM_INFO, _SEM_INFO = 12, 14, 19
+
+
+def sysv_ipc_in_use() -> bool:
+    """Whether this IPC namespace holds any SysV segment, queue or semaphore set (True when unsure).
+
+    Three calls instead of reading /proc/sysvipc: SHM_INFO's `used_ids`, MSG_INFO's `msgpool` and
+    SEM_INFO's `semusz` (the first, first and eighth int of what they fill) count what exists."""
+    buffer = ctypes.create_string_buffer(128)
+    for call, index in ((lambda: _libc.shmctl(0, _SHM_INFO, buffer), 0),
+                        (lambda: _libc.msgctl(0, _MSG_INFO, buffer), 0),
+                        (lambda: _libc.semctl(0, 0, _SEM_INFO, buffer), 7)):
+        ctypes.memset(buffer, 0, len(buffer))
+        if call() < 0 or int.from_bytes(buffer.raw[4 * index: 4 * index + 4], sys.byteorder, signed=True) != 0:
+            return True
+    return False
 
 
 def remove_sysv_ipc() -> int:
