@@ -147,8 +147,9 @@ def serve() -> None:
     except Exception as e:  # report instead of dying silently: the caller shows this line
         _send(out_fd, {"fatal": f"sandbox set-up failed: {type(e).__name__}: {e}"})
         return
-    for name in _PREIMPORTS:
-        __import__(name)
+    # The spawner starts first and gets ready (a fresh interpreter's start-up and imports) while
+    # this server does the rest of its own set-up.
+    spawner = _launch_spawner(iso, config.get("humaneval_guard", True), config.get("use_spawner", True))
     import gc
 
     from trainables.execution import python_check
@@ -157,13 +158,16 @@ def serve() -> None:
         python_check.apply_humaneval_guard()
     buffer = _SampleBuffer(_BUFFER_BYTES)
     harness = _Harness(iso)
+    spawner = spawner.ready()
+    if spawner.spawner is None:
+        # This server forks candidates itself: the common modules are imported once here.
+        for name in _PREIMPORTS:
+            __import__(name)
     gc.collect()
     # A collection in a child then never walks (and so never writes to, forcing copies of) the
     # server's objects.
     gc.freeze()
     harness.start()
-    spawner = (_start_spawner(iso, config.get("humaneval_guard", True)) if config.get("use_spawner", True)
-               else _ServerSpawner(None, "the caller turned the sample spawner off"))
     iso_dict = iso.as_dict()
     iso_dict["verdicts"] = harness.description
     iso_dict["candidates"] = spawner.description
@@ -377,17 +381,35 @@ class _ServerSpawner:
             self.spawner.stop()
 
 
-def _start_spawner(iso, humaneval_guard: bool) -> _ServerSpawner:
+class _LaunchedSpawner:
+    """A spawner started but not yet ready; `ready()` waits for it (or for the reason it failed)."""
+
+    def __init__(self, spawner, reason: str):
+        self.spawner, self.reason = spawner, reason
+
+    def ready(self) -> _ServerSpawner:
+        reason = self.reason
+        if not reason:
+            try:
+                reason = self.spawner.wait_ready()
+            except OSError as e:
+                reason = f"the sample spawner could not start ({e})"
+        return _ServerSpawner(self.spawner, reason)
+
+
+def _launch_spawner(iso, humaneval_guard: bool, wanted: bool) -> _LaunchedSpawner:
     from trainables.execution import sandbox
     from trainables.execution.spawner import CANDIDATE_PREIMPORTS, Spawner
 
+    if not wanted:
+        return _LaunchedSpawner(None, "the caller turned the sample spawner off")
     program = sandbox._SECCOMP_PROGRAM.raw if sandbox._SECCOMP_PROGRAM is not None else None
     spawner = Spawner(iso, program, humaneval_guard, CANDIDATE_PREIMPORTS)
     try:
-        reason = spawner.start()
+        reason = spawner.launch()
     except OSError as e:
         reason = f"the sample spawner could not start ({e})"
-    return _ServerSpawner(spawner, reason)
+    return _LaunchedSpawner(spawner, reason)
 
 
 def _run_python(iso, limits: SandboxLimits, header: dict, buffer: _SampleBuffer, spans, harness: "_Harness",
@@ -671,16 +693,21 @@ class SandboxServer:
             self.close()
         return reply
 
-    def close(self) -> None:
-        """Stop the server; its samples die with it (parent-death signal), leftovers are killed by uid."""
-        if self._closed:
-            return
-        self._closed = True
+    def begin_close(self) -> None:
+        """Tell the server to stop (it reads the end of its input) without waiting for it: a pool
+        stops all its servers at once, then waits (`close`)."""
         for stream in (self.process.stdin, self.process.stdout):
             try:
                 stream.close()
             except OSError:
                 pass
+
+    def close(self) -> None:
+        """Stop the server; its samples die with it (parent-death signal), leftovers are killed by uid."""
+        if self._closed:
+            return
+        self._closed = True
+        self.begin_close()
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -804,6 +831,8 @@ class SandboxPool:
         return server
 
     def close(self) -> None:
+        for server in self._all:
+            server.begin_close()
         for server in self._all:
             server.close()
         self._all = []

@@ -235,6 +235,10 @@ class Spawner:
 
     def start(self) -> str:
         """Start the spawner; '' when it is ready, else why not (the server then forks candidates itself)."""
+        return self.launch() or self.wait_ready()
+
+    def launch(self) -> str:
+        """Execute the spawner and send its configuration, without waiting for it to be ready; '' or why not."""
         import marshal
         import socket
 
@@ -271,9 +275,20 @@ class Spawner:
         }
         try:
             ours.send(marshal.dumps(config))
-            ours.settimeout(_START_TIMEOUT)
-            hello = marshal.loads(ours.recv(1 << 16))
-            ours.settimeout(None)
+        except OSError as e:
+            self.stop()
+            return f"the sample spawner failed to start ({type(e).__name__}: {e})"
+        return ""
+
+    def wait_ready(self) -> str:
+        """Wait for the launched spawner's hello: '' when it is ready, else why not (it is then stopped)."""
+        import marshal
+        import select
+
+        try:
+            if self.sock is None or not select.select([self.sock], [], [], _START_TIMEOUT)[0]:
+                raise TimeoutError("no answer")
+            hello = marshal.loads(self.sock.recv(1 << 16))
         except (OSError, ValueError, EOFError) as e:
             hello = {"fatal": f"{type(e).__name__}: {e}"}
         if not isinstance(hello, dict) or not hello.get("ready"):
