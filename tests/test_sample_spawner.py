@@ -215,3 +215,24 @@ def test_the_spawner_and_the_servers_own_fork_give_the_same_verdicts(strict):
             server.close()
     assert [v["outcome"] for v in verdicts[True]] == [outcome for _, outcome in VERDICT_CASES]
     assert verdicts[True] == verdicts[False]
+
+
+# The candidate's dumpable flag is what it was when the server forked candidates itself (the spawner is
+# not dumpable and the flag is inherited): a non-dumpable process's /proc/self/fd, maps, ... belong to
+# root, which would break programs that list their own descriptors. Passes when the flag is 1.
+DUMPABLE = "    import ctypes\n    return x + ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)\n"  # PR_GET_DUMPABLE
+
+
+@needs_clone
+@pytest.mark.parametrize("strict", [True, False], ids=["namespaces", "no-namespaces"])
+def test_a_candidate_is_as_dumpable_as_the_servers_own_forks(strict):
+    if strict and os.geteuid() != 0:
+        pytest.skip("the sandbox's namespaces and uid switch need root")
+    outcomes = {}
+    for use_spawner in (True, False):
+        server = SandboxServer(SandboxLimits(timeout=5.0), strict=strict, use_spawner=use_spawner)
+        try:
+            outcomes[use_spawner] = run(server, DUMPABLE)["passed"]
+        finally:
+            server.close()
+    assert outcomes[True] == outcomes[False], outcomes

@@ -178,7 +178,11 @@ class _CandidateRules:
         self.resource.setrlimit(self.resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
         if self.uid is not None:
             os.setgid(self.uid)
-            self._setuid(self.uid)
+            self._setuid(self.uid)  # which also makes the candidate non-dumpable, as the server's forks were
+        else:
+            # No uid switch: dumpable again, as a fork of the server was (the spawner itself is not,
+            # and the flag is inherited), so a sample may read its own /proc/self/fd as before.
+            self.libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)
         # After the uid switch, which clears it. If the server already died, do not start at all.
         self.libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
         if os.getppid() != self.server_pid:
