@@ -38,10 +38,9 @@ def run(server: SandboxServer, completion: str) -> dict:
     return verdict_from_report(server.run(python_job(PROBLEM, completion, 5.0), 30.0))
 
 
-# Passes only when the candidate's parent is the sandbox server (not the spawner), a spawner
-# process exists, and the candidate runs under the seccomp filter as an unprivileged uid.
-PARENT_IS_THE_SERVER = indent(
-    """
+# The spawner's pid(s) as the sample sees them. Candidates are forks of the spawner and share its
+# command line: the sample leaves itself out.
+FIND_SPAWNERS = """
 import posix
 def cmdline(pid):
     try:
@@ -49,9 +48,14 @@ def cmdline(pid):
             return f.read()
     except OSError:
         return b""
-# Candidates are forks of the spawner and share its command line: leave this process out.
-spawners = [p for p in posix.listdir("/proc")
+spawners = [int(p) for p in posix.listdir("/proc")
             if p.isdigit() and int(p) != posix.getpid() and b"spawner.py" in cmdline(p)]
+"""
+
+# Passes only when the candidate's parent is the sandbox server (not the spawner), a spawner
+# process exists, and the candidate runs under the seccomp filter as an unprivileged uid.
+PARENT_IS_THE_SERVER = indent(
+    FIND_SPAWNERS + """
 parent = cmdline(posix.getppid())
 with open("/proc/self/status") as f:
     status = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
@@ -65,16 +69,8 @@ return x
 # Passes only when the spawner was found and every way of reaching it failed: signalling it, reading
 # its memory or environment, or tracing it.
 SPAWNER_OUT_OF_REACH = indent(
-    """
-import posix, ctypes
-def cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-spawners = [int(p) for p in posix.listdir("/proc")
-            if p.isdigit() and int(p) != posix.getpid() and b"spawner.py" in cmdline(p)]
+    FIND_SPAWNERS + """
+import ctypes
 if not spawners:
     return x
 reached = []
@@ -113,6 +109,12 @@ def _host_pids_of(marker: bytes) -> list[int]:
     return pids
 
 
+def _spawners_of(server: SandboxServer) -> list[int]:
+    """The host pids of the server's spawner (none of its candidates run between jobs)."""
+    family = _descendants(server.process.pid)
+    return [pid for pid in _host_pids_of(b"spawner.py") if pid in family]
+
+
 def _descendants(root: int) -> set[int]:
     parents = {}
     for entry in os.listdir("/proc"):
@@ -147,12 +149,12 @@ def test_candidates_come_from_the_spawner_with_the_server_as_their_parent():
 def test_a_sample_can_neither_signal_nor_read_nor_trace_the_spawner():
     server = SandboxServer(SandboxLimits(timeout=5.0))
     try:
-        spawners = [pid for pid in _host_pids_of(b"spawner.py") if pid in _descendants(server.process.pid)]
+        spawners = _spawners_of(server)
         assert len(spawners) == 1
         verdict = run(server, SPAWNER_OUT_OF_REACH)
         assert verdict["passed"], verdict["result"]
         # Still the same spawner afterwards, and it still works.
-        assert [pid for pid in _host_pids_of(b"spawner.py") if pid in _descendants(server.process.pid)] == spawners
+        assert _spawners_of(server) == spawners
         assert run(server, GOOD)["passed"]
     finally:
         server.close()
@@ -164,14 +166,14 @@ def test_a_dead_spawner_is_replaced_and_the_next_sample_runs():
     server = SandboxServer(SandboxLimits(timeout=5.0))
     try:
         assert run(server, GOOD)["passed"]
-        [spawner] = [pid for pid in _host_pids_of(b"spawner.py") if pid in _descendants(server.process.pid)]
+        [spawner] = _spawners_of(server)
         os.kill(spawner, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while spawner in _host_pids_of(b"spawner.py") and time.monotonic() < deadline:
             time.sleep(0.01)  # until it is a zombie (its cmdline then reads empty)
         assert run(server, GOOD)["passed"]
         assert run(server, "    return x\n")["outcome"] == "failed"
-        replacements = [pid for pid in _host_pids_of(b"spawner.py") if pid in _descendants(server.process.pid)]
+        replacements = _spawners_of(server)
         assert len(replacements) == 1 and replacements != [spawner]
     finally:
         server.close()

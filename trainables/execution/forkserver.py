@@ -29,6 +29,7 @@ from typing import Callable, Iterable
 
 from trainables.execution.problems import answer_folders
 from trainables.execution.sandbox import SAMPLE_PATH, SandboxLimits
+from trainables.execution.spawner import HelperProcess
 
 _HEADER = struct.Struct("!I")
 # Replies stay far below a pipe buffer (64 KiB) even with a full window of them queued, so the
@@ -254,16 +255,14 @@ class _SampleBuffer:
             self.mem[start:end] = bytes(end - start)
 
 
-class _Harness:
+class _Harness(HelperProcess):
     """The test-harness process of one server (see harness.py): forked once, before any job, as its
     own uid; it receives each sample's test code and the channel to its candidate, and sends back the
     verdict. Restarted by the server if it dies or hangs."""
 
     def __init__(self, iso):
-        self.iso = iso
+        super().__init__(iso)
         self.uid = None if iso.sample_uid is None else iso.sample_uid + HARNESS_UID_OFFSET
-        self.pid = 0
-        self.sock = None
         self.reply = bytearray(1 << 16)
         self.reply_len = 0
         if self.uid is not None:
@@ -296,24 +295,6 @@ class _Harness:
         theirs.close()
         self.pid, self.sock = pid, ours
         self.iso.protected_pids.add(pid)
-
-    def stop(self) -> None:
-        from trainables.execution.sandbox import REAL
-
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-        if self.pid:
-            try:
-                REAL.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
-            self.iso.protected_pids.discard(self.pid)
-            self.pid = 0
 
     def restart(self) -> None:
         self.stop()

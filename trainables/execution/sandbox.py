@@ -1444,6 +1444,20 @@ def kill_leftovers(iso: Isolation, deadline_s: float = 5.0) -> int:
         time.sleep(0.001)
 
 
+def stop_helper(iso: Isolation, pid: int) -> None:
+    """Kill and reap one of the server's own helper processes (the harness, the spawner): it is then
+    no longer protected from the leftover clean-up."""
+    try:
+        REAL.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    iso.protected_pids.discard(pid)
+
+
 def _children_of(parent: int) -> list[int]:
     children = []
     for entry in os.scandir("/proc"):

@@ -229,17 +229,35 @@ def _block_sockets(socket) -> None:
 # The server's handle
 
 
-class Spawner:
+class HelperProcess:
+    """A helper process of the server (the spawner, the test harness) that it talks to over a socket:
+    protected from the leftover clean-up while it runs, killed and reaped by `stop`."""
+
+    def __init__(self, iso):
+        self.iso = iso
+        self.pid = 0
+        self.sock = None
+
+    def stop(self) -> None:
+        from trainables.execution.sandbox import stop_helper
+
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.pid:
+            stop_helper(self.iso, self.pid)
+            self.pid = 0
+
+
+class Spawner(HelperProcess):
     """The server's handle on its spawner: `start` once (after the server's isolation and limits are in
     place, so the spawner inherits them), `spawn` per candidate, `stop` at the end."""
 
     def __init__(self, iso, seccomp_program: bytes | None, humaneval_guard: bool, preimports):
-        self.iso = iso
+        super().__init__(iso)
         self.seccomp_program = seccomp_program
         self.humaneval_guard = humaneval_guard
         self.preimports = tuple(preimports)
-        self.pid = 0
-        self.sock = None
 
     def start(self) -> str:
         """Start the spawner; '' when it is ready, else why not (the server then forks candidates itself)."""
@@ -327,26 +345,6 @@ class Spawner:
         if pid <= 0:
             raise OSError(-pid if pid < 0 else 0, "the sample spawner could not fork")
         return pid
-
-    def stop(self) -> None:
-        import signal
-
-        from trainables.execution.sandbox import REAL
-
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-        if self.pid:
-            try:
-                REAL.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
-            self.iso.protected_pids.discard(self.pid)
-            self.pid = 0
 
     def restart(self) -> str:
         self.stop()
