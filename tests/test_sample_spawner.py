@@ -238,3 +238,54 @@ def test_a_candidate_is_as_dumpable_as_the_servers_own_forks(strict):
         finally:
             server.close()
     assert outcomes[True] == outcomes[False], outcomes
+
+
+class _FailingSpawner:
+    """Stands in for spawner.Spawner: its first `failures` spawns fail; `restart` answers `restart_reason`."""
+
+    def __init__(self, failures: int, restart_reason: str = ""):
+        self.failures, self.restart_reason = failures, restart_reason
+        self.restarts = self.stops = 0
+
+    def spawn(self, cpu_seconds, entry_point, fds):
+        if self.failures:
+            self.failures -= 1
+            raise OSError("the sample spawner ended")
+        return 4242
+
+    def restart(self):
+        self.restarts += 1
+        return self.restart_reason
+
+    def stop(self):
+        self.stops += 1
+
+
+def _spawn_with(monkeypatch, failing: _FailingSpawner):
+    from trainables.execution import forkserver, sandbox
+
+    killed = []
+    monkeypatch.setattr(sandbox, "kill_leftovers", lambda iso: killed.append(iso) or 0)
+    monkeypatch.setattr(forkserver, "_PREIMPORTS", ())
+    server_spawner = forkserver._ServerSpawner(failing)
+    started = forkserver._spawn_candidate("iso", server_spawner, b"def f(): pass\n", "f", 1.0)
+    if started is not None:
+        for fd in started[1:]:
+            os.close(fd)
+    return server_spawner, started, killed
+
+
+def test_a_failed_spawn_kills_leftovers_restarts_the_spawner_and_tries_once_more(monkeypatch):
+    failing = _FailingSpawner(failures=1)
+    server_spawner, started, killed = _spawn_with(monkeypatch, failing)
+    assert started is not None and started[0] == 4242
+    assert failing.restarts == 1 and killed == ["iso"] and server_spawner.spawner is failing
+
+
+@pytest.mark.parametrize(("failures", "restart_reason"), [(1, "it could not start"), (2, "")])
+def test_a_spawner_that_keeps_failing_hands_candidates_to_the_server(monkeypatch, failures, restart_reason):
+    failing = _FailingSpawner(failures, restart_reason)
+    server_spawner, started, killed = _spawn_with(monkeypatch, failing)
+    assert started is None  # the server forks this candidate itself
+    assert server_spawner.spawner is None and failing.stops == 1
+    assert "stopped working" in server_spawner.description and len(killed) == failures

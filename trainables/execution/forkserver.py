@@ -348,14 +348,15 @@ class _ServerSpawner:
             if self.spawner else f"forked by the sandbox server itself: {reason}")
 
     def spawn(self, cpu_seconds: int, entry_point: str, fds: list[int]) -> int:
-        try:
-            return self.spawner.spawn(cpu_seconds, entry_point, fds)
-        except OSError:
-            # The spawner died (it is root and out of samples' reach, so not their doing): once more
-            # with a fresh one, then the sample fails with a server error.
-            if self.spawner.restart():
-                raise
-            return self.spawner.spawn(cpu_seconds, entry_point, fds)
+        return self.spawner.spawn(cpu_seconds, entry_point, fds)
+
+    def fall_back(self, reason: str) -> None:
+        """From now on the server forks candidates itself (with the common modules imported here)."""
+        self.spawner.stop()
+        self.spawner = None
+        self.description = f"forked by the sandbox server itself: the sample spawner stopped working: {reason}"
+        for name in _PREIMPORTS:
+            __import__(name)
 
     def stop(self) -> None:
         if self.spawner is not None:
@@ -404,16 +405,28 @@ def _run_python(iso, limits: SandboxLimits, header: dict, buffer: _SampleBuffer,
     (cand_start, cand_end), (prompt_start, prompt_end), (test_start, test_end) = spans
     timeout = header.get("timeout", limits.timeout)
     entry_point = header["entry_point"]
-    call_r, call_w = os.pipe()
-    reply_r, reply_w = os.pipe()
+    pid = 0
+    if spawner.spawner is not None:
+        # The candidate first: a spawner that fails is replaced before the harness holds this job.
+        started = _spawn_candidate(iso, spawner, buffer.view[cand_start:cand_end], entry_point, timeout)
+        if started is not None:
+            buffer.clear(cand_start, cand_end)
+            pid, call_w, reply_r = started
+    if not pid:
+        call_r, call_w = os.pipe()
+        reply_r, reply_w = os.pipe()
     source_r, source_w = os.pipe()
     try:
         harness.send_job({"entry_point": entry_point, "prompt": prompt_end - prompt_start,
                           "test": test_end - test_start}, [call_w, reply_r, source_r])
     except OSError:
         harness.restart()
-        for fd in (call_r, call_w, reply_r, reply_w, source_r, source_w):
+        for fd in (source_w, *((call_r, reply_w) if not pid else ())):
             os.close(fd)
+        if pid:
+            _kill_group(pid)
+            os.waitpid(pid, 0)
+            sandbox.kill_leftovers(iso)
         return {"server_error": "sandbox server error: the test harness was not running"}, []
     finally:
         for fd in (call_w, reply_r, source_r):
@@ -429,19 +442,7 @@ def _run_python(iso, limits: SandboxLimits, header: dict, buffer: _SampleBuffer,
     os.close(source_w)
     # The candidate's snapshot of the buffer must not hold the test (its expected values).
     buffer.clear(prompt_start, test_end)
-    if spawner.spawner is not None:
-        # The candidate reads its source from a memory file: the spawner passes it on unread.
-        source_fd = os.memfd_create("ibft-candidate", os.MFD_CLOEXEC)
-        try:
-            _write_all(source_fd, buffer.view[cand_start:cand_end])
-            buffer.clear(cand_start, cand_end)
-            pid = spawner.spawn(_cpu_seconds(timeout), entry_point, [call_r, reply_w, source_fd])
-        except OSError as e:
-            for fd in (call_r, reply_w, source_fd):
-                os.close(fd)
-            return {"server_error": f"sandbox server error: the sample spawner failed: {e}"}, []
-        os.close(source_fd)
-    else:
+    if not pid:
         server_pid = os.getpid()
         pid = _fast_fork()
         if pid == 0:
@@ -453,8 +454,8 @@ def _run_python(iso, limits: SandboxLimits, header: dict, buffer: _SampleBuffer,
             finally:
                 sandbox.REAL.exit(70)
         buffer.clear(cand_start, cand_end)
-    os.close(call_r)
-    os.close(reply_w)
+        os.close(call_r)
+        os.close(reply_w)
     status, timed_out, lingered, answered = _wait_python(pid, timeout, harness)
     leftovers = sandbox.kill_leftovers(iso) + lingered
     if not answered:
@@ -464,6 +465,36 @@ def _run_python(iso, limits: SandboxLimits, header: dict, buffer: _SampleBuffer,
                 "status": status, "timed_out": timed_out}, []
     reply = {"status": status, "timed_out": timed_out, "leftover_processes": leftovers}
     return reply, [memoryview(harness.reply)[: harness.reply_len]]
+
+
+def _spawn_candidate(iso, spawner: _ServerSpawner, source, entry_point: str, timeout: float):
+    """(pid, call_w, reply_r) of a candidate the spawner forked, its source on a memory file the spawner
+    passes on unread; None when the spawner failed twice or cannot be restarted, and the server then
+    forks candidates itself from now on. A spawner that fails (it is root and out of samples' reach, so
+    not their doing) is replaced, and whatever it may have forked first is killed: that candidate held
+    only pipes nobody else has."""
+    from trainables.execution import sandbox
+
+    for attempt in (1, 2):
+        call_r, call_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+        source_fd = os.memfd_create("ibft-candidate", os.MFD_CLOEXEC)
+        try:
+            _write_all(source_fd, source)
+            pid = spawner.spawn(_cpu_seconds(timeout), entry_point, [call_r, reply_w, source_fd])
+        except OSError as e:
+            for fd in (call_r, call_w, reply_r, reply_w, source_fd):
+                os.close(fd)
+            sandbox.kill_leftovers(iso)
+            reason = spawner.spawner.restart() if attempt == 1 else f"it failed twice ({e})"
+            if reason:
+                spawner.fall_back(reason)
+                return None
+            continue
+        for fd in (call_r, reply_w, source_fd):
+            os.close(fd)
+        return pid, call_w, reply_r
+    raise AssertionError("unreachable")
 
 
 def _wait_python(pid: int, timeout: float, harness: "_Harness") -> tuple[int, bool, int, bool]:
