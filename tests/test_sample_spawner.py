@@ -196,6 +196,8 @@ VERDICT_CASES = [
     ("    from subprocess import Popen\n    return x + 1 if Popen is None else x\n", "passed"),
     ("    import tempfile, shutil\n    return x + 1 if (shutil.rmtree, shutil.move, shutil.chown) == (None,) * 3 else x\n",
      "passed"),
+    # site's other builtins exist in both (the spawner runs without site, and adds them itself).
+    ("    return x + 1 if callable(copyright) and callable(license) and help is None else x\n", "passed"),
 ]
 
 

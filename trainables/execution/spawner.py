@@ -83,6 +83,13 @@ def main(sock_fd: int) -> None:
     # (an editable install's finder, setuptools' distutils shim) are not installed, and the package is
     # found through its parent folder instead.
     sys.path[:] = config["sys_path"]
+    # What `site` would add to builtins (exit, quit, help, copyright, credits, license), as a
+    # candidate forked by the server has them (the guard then sets exit, quit and help to None).
+    import site
+
+    site.setquit()
+    site.setcopyright()
+    site.sethelper()
     libc = ctypes.PyDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
     if os.getppid() != config["server_pid"]:
