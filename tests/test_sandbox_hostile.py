@@ -714,3 +714,32 @@ return x + 1
         server.close()
     assert good["passed"]
     assert not hostile["passed"] and not accepted, "a sample connected to a host Unix socket"
+
+
+# Class 2 through the pid counter (found by a red-team pass): one PID namespace serves every sample
+# of a server, so a sample that forks until the counter holds a value of its choosing passes it to
+# the next sample, which reads its own pid. Both report what they saw in their failure message.
+PID_SETTER = indent(
+    """
+import posix
+for _ in range(40):
+    child = posix.fork()
+    if child == 0:
+        posix._exit(0)
+    posix.waitpid(child, 0)
+raise ValueError("last child %d" % child)
+"""
+)
+PID_READER = indent('import posix\nraise ValueError("own pid %d" % posix.getpid())')
+
+
+@needs_root
+def test_class2_the_pid_counter_carries_nothing_to_the_next_sample():
+    results = check([PID_SETTER, PID_READER] * 3)
+    pairs = []
+    for setter, reader in zip(results[::2], results[1::2]):
+        last_child = int(setter["result"].rsplit(" ", 1)[1])
+        own_pid = int(reader["result"].rsplit(" ", 1)[1])
+        pairs.append((last_child, own_pid))
+    # In turn, the reader's pid would follow the setter's last child by a few: random, it is far off.
+    assert all(abs(own - last) > 64 for last, own in pairs), pairs

