@@ -110,10 +110,12 @@ def test_pass_at_k_of_m_and_not_computable_metrics(tmp_path, capsys):
     assert "pass@10 not computed" in err
     assert summary["n_tasks"] == 2 and summary["n_samples"] == 8
     assert set(summary["isolation"]) == {"network", "filesystem", "user", "namespaces", "cgroup", "seccomp",
-                                         "minimal_root", "verdicts", "weaknesses", "not_contained"}
+                                         "minimal_root", "verdicts", "candidates", "cpus", "weaknesses",
+                                         "not_contained"}
     if os.geteuid() == 0:  # what this machine provides is reported (issue 18)
         assert summary["isolation"]["namespaces"] == {"network": True, "mount": True, "pid": True, "ipc": True}
         assert "harness" in summary["isolation"]["verdicts"]
+        assert "spawner" in summary["isolation"]["candidates"]
         assert summary["isolation"]["minimal_root"] is True
         assert summary["isolation"]["seccomp"]["mode"] == "denylist"
 

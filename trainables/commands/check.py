@@ -34,8 +34,8 @@ def hidden_host_files(samples_path: str, problems_source: str | None = None) -> 
 
 def isolation_summary(isolation: dict) -> dict:
     """What the sandbox servers actually set up on this machine (docs/sandbox.md): namespaces, the
-    per-sample cgroup, the system-call filter, the minimal root, where verdicts are decided, and every weakness
-    found."""
+    per-sample cgroup, the system-call filter, the minimal root, where verdicts are decided, which process
+    forks candidates, the CPU each server is pinned to, and every weakness found."""
     shared = isolation.get("filesystem", "shared with the host") == "shared with the host"
     return {
         "network": isolation.get("network"),
@@ -51,6 +51,8 @@ def isolation_summary(isolation: dict) -> dict:
         "seccomp": isolation.get("seccomp"),
         "minimal_root": bool(isolation.get("minimal_root")),
         "verdicts": isolation.get("verdicts"),
+        "candidates": isolation.get("candidates"),
+        "cpus": isolation.get("cpus"),
         "weaknesses": list(isolation.get("weaknesses", [])),
         "not_contained": list(isolation.get("not_contained", [])),
     }

@@ -787,7 +787,7 @@ class SandboxPool:
             return
         with self._lock:
             self._all.append(server)
-            self.isolation = self.isolation or server.isolation
+            self.isolation = self.isolation or {**server.isolation, "cpus": self.cpus}
         self._servers.put(server)
 
     def run_all(

@@ -88,6 +88,8 @@ NOT_CONTAINED = (
     "virtualenv (site-packages included), this package's trainables/ sources, /usr/bin and /usr/lib* (the "
     "benchmarks' problem files with their reference solutions are hidden)",
     "kernel bugs in the system calls the seccomp denylist allows (file, memory, process and socket calls)",
+    "CPU time across cores: a server pinned to a core is a placement, not a limit; a sample may widen its own "
+    "affinity and load other cores for its timeout (there is no per-sample CPU quota)",
     "Verilog: the design under test runs in the same simulator as its testbench; designs that name other "
     "modules, the reference, files or compiler directives are refused before running (verilog_lint), so a "
     "forged report needs a construct those static rules miss or a bug in iverilog/vvp",
