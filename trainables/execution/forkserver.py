@@ -356,9 +356,6 @@ class _ServerSpawner:
             "forked by a lean sample spawner (python -S, seccomp filter loaded once into it); the server stays their parent"
             if self.spawner else f"forked by the sandbox server itself: {reason}")
 
-    def spawn(self, cpu_seconds: int, entry_point: str, fds: list[int]) -> int:
-        return self.spawner.spawn(cpu_seconds, entry_point, fds)
-
     def fall_back(self, reason: str) -> None:
         """From now on the server forks candidates itself (with the common modules imported here)."""
         self.spawner.stop()
@@ -491,7 +488,7 @@ def _spawn_candidate(iso, spawner: _ServerSpawner, source, entry_point: str, tim
         source_fd = os.memfd_create("ibft-candidate", os.MFD_CLOEXEC)
         try:
             _write_all(source_fd, source)
-            pid = spawner.spawn(_cpu_seconds(timeout), entry_point, [call_r, reply_w, source_fd])
+            pid = spawner.spawner.spawn(_cpu_seconds(timeout), entry_point, [call_r, reply_w, source_fd])
         except OSError as e:
             for fd in (call_r, call_w, reply_r, reply_w, source_fd):
                 os.close(fd)

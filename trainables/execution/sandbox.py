@@ -132,9 +132,10 @@ class Isolation:
     devnull_fd: int = -1
     """/dev/null opened once in the server, for the samples' standard streams."""
     last_pid_fd: int = -1
-    """The PID namespace's ns_last_pid, opened for writing before /proc went read-only (see
-    `scramble_next_pid`); -1 without one."""
+    """The PID namespace's ns_last_pid, open for writing (`_open_last_pid`, `scramble_next_pid`); -1
+    without one."""
     pid_max: int = 32768
+    """The kernel's pid_max: the next pid is drawn below it."""
     cgroup: str = "none (per-process RLIMIT_AS and per-uid RLIMIT_NPROC only)"
     """The per-sample memory and process limit that covers all of a sample's processes."""
     cgroup_paths: list = dataclasses.field(default_factory=list)
@@ -303,7 +304,8 @@ def scramble_next_pid(iso: Isolation) -> None:
         return
     try:
         os.lseek(iso.last_pid_fd, 0, os.SEEK_SET)
-        os.write(iso.last_pid_fd, b"%d" % (300 + secrets.randbelow(max(1, iso.pid_max - 100_000))))
+        # Pids below 300 are reserved for the kernel's own; the counter wraps past pid_max by itself.
+        os.write(iso.last_pid_fd, b"%d" % (300 + secrets.randbelow(max(1, iso.pid_max - 301))))
     except OSError:
         pass
 
