@@ -659,8 +659,12 @@ class SandboxServer:
         # -s -P: no user site, no script folder on the path (what -I gives, less ignoring PYTHON*
         # variables: the environment is server_environment(), never the caller's, and its
         # PYTHONHASHSEED must count); the package is found through the explicit path, so the server
-        # works from a checkout or an install alike.
-        code = f"import sys; sys.path.insert(0, {package_parent!r}); from trainables.execution.forkserver import serve; serve()"
+        # works from a checkout or an install alike. Its modules (and the spawner's, which runs with
+        # -B inside the read-only root) are compiled to bytecode files on the first start, as -I did:
+        # the environment's PYTHONDONTWRITEBYTECODE is for what samples import.
+        code = (f"import sys; sys.path.insert(0, {package_parent!r}); sys.dont_write_bytecode = False; "
+                "from trainables.execution import forkserver, harness, humaneval_guard; "
+                "sys.dont_write_bytecode = True; forkserver.serve()")
         self.process = subprocess.Popen(
             [sys.executable, "-s", "-P", "-c", code],
             stdin=subprocess.PIPE,
