@@ -162,10 +162,10 @@ def serve() -> None:
     spawner = _launch_spawner(iso, config.get("humaneval_guard", True), config.get("use_spawner", True), hash_seed)
     import gc
 
-    from trainables.execution import python_check
+    from trainables.execution import humaneval_guard
 
     if config.get("humaneval_guard", True):
-        python_check.apply_humaneval_guard()
+        humaneval_guard.apply_humaneval_guard()
     buffer = _SampleBuffer(_BUFFER_BYTES)
     harness = _Harness(iso)
     spawner = spawner.ready()

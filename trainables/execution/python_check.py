@@ -16,7 +16,6 @@ import os
 import signal
 
 # The originals of os.write / os._exit: the sample may rebind those names before we report.
-from trainables.execution.humaneval_guard import apply_humaneval_guard  # noqa: F401 (re-exported)
 from trainables.execution.sandbox import REAL
 
 # Exceptions that mean the sample ran into a sandbox limit rather than a bug of its own.

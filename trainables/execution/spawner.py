@@ -99,8 +99,6 @@ def main(sock_fd: int) -> None:
     libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
     for name in config["preimports"]:
         __import__(name)
-    import harness  # noqa: F401 (imported below, as a top-level module)
-
     rules = _CandidateRules(config, libc, resource)  # before the guard, which sets os.chdir / os.setuid to None
     if config["humaneval_guard"]:
         import humaneval_guard
@@ -128,6 +126,7 @@ def main(sock_fd: int) -> None:
     # copied (about 55 a sample, measured); the request is parsed in the candidate.
     clone, recvmsg, send, close, pack = libc.syscall, sock.recvmsg, sock.send, os.close, _PID.pack
     number, flags, space = config["clone_syscall"], CLONE_PARENT | _SIGCHLD, _socket.CMSG_LEN(3 * 4)
+    rights = (_socket.SOL_SOCKET, _socket.SCM_RIGHTS)
     while True:
         try:
             request, ancillary, _flags, _addr = recvmsg(_REQUEST_LIMIT, space)
@@ -135,7 +134,7 @@ def main(sock_fd: int) -> None:
             os._exit(0)
         if not request:
             os._exit(0)  # the server closed the socket
-        fds = _descriptors(ancillary)
+        fds = _descriptors(ancillary, rights)
         pid = clone(number, flags, 0, 0, 0, 0)
         if pid == 0:
             _candidate(rules, request, fds)
@@ -198,13 +197,12 @@ class _CandidateRules:
             self.exit(70)
 
 
-def _descriptors(ancillary) -> list[int]:
-    """The descriptors in recvmsg's ancillary data (what socket.recv_fds returns, on a bare _socket)."""
-    import _socket
-
+def _descriptors(ancillary, rights: tuple[int, int]) -> list[int]:
+    """The descriptors in recvmsg's ancillary data (what socket.recv_fds returns, on a bare _socket);
+    `rights` is (SOL_SOCKET, SCM_RIGHTS)."""
     fds: list[int] = []
     for level, kind, data in ancillary:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+        if (level, kind) == rights:
             fds += struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4])
     return fds
 
