@@ -34,6 +34,7 @@ import signal
 import stat
 import sys
 import tempfile
+import threading
 import time
 import types
 
@@ -1033,8 +1034,10 @@ def _prctl(option: int, value: int) -> None:
     _libc.prctl(option, value, 0, 0, 0)
 
 
-def limit_server(iso: Isolation, limits: SandboxLimits) -> None:
+def limit_server(iso: Isolation, limits: SandboxLimits, seccomp_program: tuple[bytes, dict] | None = None) -> None:
     """Apply, once in the server, every limit that children inherit unchanged across fork.
+    `seccomp_program`: the filter as the caller compiled it (`compiled_seccomp_program`), else the
+    server compiles it.
 
     Doing this once rather than per sample matters: each thing a forked child does touches pages
     it must then copy, which costs more than the system calls themselves.
@@ -1055,7 +1058,7 @@ def limit_server(iso: Isolation, limits: SandboxLimits) -> None:
         allowed = _processes_of_uid(os.getuid()) + limits.max_processes
         resource.setrlimit(resource.RLIMIT_NPROC, (allowed, allowed))
     _prctl(PR_SET_NO_NEW_PRIVS, 1)  # inherited: no sample can gain privileges through a setuid binary
-    prepare_seccomp(iso)  # after no-new-privs, which lets an unprivileged process load a filter
+    prepare_seccomp(iso, seccomp_program)  # after no-new-privs, which lets an unprivileged process load a filter
     work = os.path.join(iso.sample_root, "work")
     # Every sample of this server runs in the same path, recreated empty each time, so HOME and
     # TMPDIR are set once here instead of in each child.
@@ -1155,13 +1158,33 @@ def build_seccomp_program() -> tuple[bytes, dict]:
     return program, description
 
 
-def prepare_seccomp(iso: Isolation) -> None:
-    """Build the filter once in the server and check, in a throw-away child, that loading it works
-    and that it denies; `iso.seccomp` says which, a missing piece is a weakness (never a failed start)."""
+_compiled_seccomp: tuple[bytes, dict] | None = None
+_compiled_seccomp_lock = threading.Lock()
+
+
+def compiled_seccomp_program() -> tuple[bytes, dict] | None:
+    """The filter compiled once per caller process, for all its servers (None where it cannot be).
+
+    A server given it skips libseccomp, whose binding runs `ldconfig -p` twice when imported (about
+    10 ms of every server's start); the caller compiles it while the server's interpreter starts."""
+    global _compiled_seccomp
+    with _compiled_seccomp_lock:
+        if _compiled_seccomp is None:
+            try:
+                _compiled_seccomp = build_seccomp_program()
+            except Exception:  # the server tries again itself and reports why in `weaknesses`
+                return None
+        return _compiled_seccomp
+
+
+def prepare_seccomp(iso: Isolation, compiled: tuple[bytes, dict] | None = None) -> None:
+    """Build the filter once in the server (unless the caller `compiled` it) and check, in a
+    throw-away child, that loading it works and that it denies; `iso.seccomp` says which, a missing
+    piece is a weakness (never a failed start)."""
     global _SECCOMP_PROGRAM, _SECCOMP_FPROG
     _SECCOMP_PROGRAM = _SECCOMP_FPROG = None
     try:
-        program, description = build_seccomp_program()
+        program, description = compiled if compiled is not None else build_seccomp_program()
     except Exception as e:  # no libseccomp, no binding, or it refused a rule
         iso.seccomp = {"mode": "none"}
         iso.weaknesses.append(f"no seccomp filter ({type(e).__name__}: {e}): the whole system-call surface is "
@@ -1320,6 +1343,16 @@ def remove_sysv_ipc() -> int:
                 remove(int(fields[1]))
                 removed += 1
     return removed
+
+
+def remove_sample_root(iso: Isolation) -> None:
+    """The server's last step: remove its sample root. The sample directory's own tmpfs is detached
+    first (its mount point cannot be removed: this failed with EBUSY, and the server ended with a
+    traceback and status 1)."""
+    if iso.work_tmpfs and iso.sample_dir in iso.clean_inodes:
+        _libc.umount2(iso.sample_dir.encode(), MNT_DETACH)
+        iso.clean_inodes.pop(iso.sample_dir, None)
+    remove_tree(iso.sample_root)
 
 
 def remove_tree(path: str) -> None:
