@@ -346,26 +346,3 @@ def test_every_candidate_gets_a_fresh_random_state(use_spawner):
         server.close()
     assert all("drew 0." in draw for draw in draws), draws
     assert len(set(draws)) == 3, draws
-
-
-def test_the_warm_up_leaves_no_descriptor_and_no_module_behind():
-    """The spawner's warm-up (spawner._warm_up) runs the candidate's code path on a stand-in before
-    any fork: nothing of it may stay in the spawner for candidates to inherit."""
-    import subprocess
-    import sys
-
-    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "trainables", "execution")
-    code = (
-        "import os, sys, gc\n"
-        f"sys.path.insert(0, {folder!r})\n"
-        "import spawner, harness, typing\n"
-        "fds, modules = sorted(os.listdir('/proc/self/fd')), set(sys.modules)\n"
-        "spawner._warm_up()\n"
-        "gc.collect()\n"
-        "assert sorted(os.listdir('/proc/self/fd')) == fds, (fds, os.listdir('/proc/self/fd'))\n"
-        "assert set(sys.modules) == modules, set(sys.modules) ^ modules\n"
-        "assert not [o for o in gc.get_objects() if getattr(o, '__name__', '') == 'f' and callable(o)]\n"
-        "print('ok')\n"
-    )
-    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "ok", out.stderr

@@ -119,7 +119,6 @@ def main(sock_fd: int) -> None:
     # The first compile() of a process builds the interpreter's AST node types (about a hundred
     # classes): done here once, not in every candidate (0.3 ms of CPU each, measured with perf).
     compile("pass", "<spawner>", "exec")
-    _warm_up()
     gc.collect()
     gc.freeze()  # a candidate's collections never write to (and so never copy) the spawner's objects
     sock.send(marshal.dumps({"ready": True, "pid": os.getpid()}))
@@ -142,66 +141,6 @@ def main(sock_fd: int) -> None:
         for fd in fds:
             close(fd)
         send(pack(pid if pid > 0 else -ctypes.get_errno()))
-
-
-# A trusted stand-in for a sample (no sample's text is ever in the spawner): a prompt's import, a
-# definition, and calls that return, raise and return a non-plain value.
-_WARM_UP_SOURCE = (
-    "from typing import List\n\n\n"
-    "def f(xs: List[int], k=1) -> List[int]:\n"
-    "    if not xs:\n"
-    "        raise ValueError('empty')\n"
-    "    if k == 0:\n"
-    "        return object()\n"
-    "    return [x * k for x in sorted(xs)]\n"
-)
-_WARM_UP_CALLS = ((([3, 1, 2],), {}), (([],), {}), (([4],), {"k": 0}), (("ab",), {"k": 2}))
-_WARM_UP_ROUNDS = 16
-
-
-def _warm_up() -> None:
-    """Run the candidate's own code path (harness.run_candidate and what it calls) in the spawner a
-    few times before any fork, on a trusted stand-in over real pipes.
-
-    Why: CPython 3.11 quickens a function's bytecode in place after its first few calls, and
-    specialises its instructions as they run. Done here, every candidate inherits that work instead
-    of repeating it (bench/check_throughput.py, 2026-12-01, five paired rounds: about 2% less CPU a
-    program). Nothing of it is visible to a sample: the stand-in's objects are collected before
-    `gc.freeze`, and no module's state is changed.
-    """
-    import harness
-    import marshal
-
-    class _Done(BaseException):
-        pass
-
-    def end(_code: int) -> None:
-        raise _Done
-
-    for _ in range(_WARM_UP_ROUNDS):
-        call_r, call_w = os.pipe()
-        reply_r, reply_w = os.pipe()
-        source_fd = os.memfd_create("ibft-warm-up", os.MFD_CLOEXEC)
-        try:
-            os.write(source_fd, _WARM_UP_SOURCE.encode())
-            for call in _WARM_UP_CALLS:  # far below a pipe's buffer, so the writes never block
-                harness.send(call_w, marshal.dumps(call))
-            os.close(call_w)
-            call_w = -1
-            source = _read_source(source_fd)  # which closes it
-            source_fd = -1
-            try:
-                harness.run_candidate(source, "f", call_r, reply_w, os.write, end)
-            except _Done:
-                pass
-            os.close(reply_w)
-            reply_w = -1
-            while os.read(reply_r, 1 << 16):
-                pass
-        finally:
-            for fd in (call_r, call_w, reply_r, reply_w, source_fd):
-                if fd >= 0:
-                    os.close(fd)
 
 
 def _candidate(rules: "_CandidateRules", request: bytes, fds: list[int]) -> None:
