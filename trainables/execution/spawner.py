@@ -50,10 +50,12 @@ _REQUEST_LIMIT = 4096  # a request is marshal (CPU seconds, entry point name): t
 # exit dearer (its memory and mappings), so this is shorter than the server's list (forkserver.
 # _PREIMPORTS): with the server's list, 0.2 ms more CPU a sample (bench/check_throughput.py,
 # 2026-12-01). A sample importing anything else (hashlib, json, ...) pays that import itself; the
-# guard's modules (shutil, subprocess, faulthandler) are imported by the guard.
+# guard's modules (shutil, subprocess, faulthandler) are imported by the guard. Not `random`: its
+# state would be every candidate's (a fork through clone skips its at-fork reseed), and reseeding it
+# in each candidate cost more (about 15 pages copied) than the rare sample importing it pays.
 CANDIDATE_PREIMPORTS = (
-    "math", "re", "string", "collections", "itertools", "functools", "heapq", "bisect", "typing", "random",
-    "copy", "operator",
+    "math", "re", "string", "collections", "itertools", "functools", "heapq", "bisect", "typing", "copy",
+    "operator",
 )
 
 
