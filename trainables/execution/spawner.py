@@ -124,6 +124,7 @@ def main(sock_fd: int) -> None:
     # classes): done here once, not in every candidate (0.3 ms of CPU each, measured with perf).
     compile("pass", "<spawner>", "exec")
     gc.collect()
+    _fill_partly_used_pools()
     gc.freeze()  # a candidate's collections never write to (and so never copy) the spawner's objects
     sock.send(marshal.dumps({"ready": True, "pid": os.getpid()}))
     # The loop does as little Python as it can: every page it writes while a candidate shares it is
@@ -153,6 +154,47 @@ def main(sock_fd: int) -> None:
         for fd in fds:
             close(fd)
         send(pack(pid if pid > 0 else -ctypes.get_errno()))
+
+
+_POOL_FILLER: list = []
+
+
+def _fill_partly_used_pools() -> None:
+    """Take every free block of the spawner's partly used allocator pools, so that what a candidate
+    allocates lands packed in fresh pools instead of in free blocks scattered over the spawner's
+    pages: each page a candidate writes is one it must copy (perf stat on the throughput bench:
+    17 fewer faults a program, about 4% of them; five paired rounds: 1.5% less CPU a program).
+
+    The free blocks of each size class are counted by CPython's allocator itself
+    (sys._debugmallocstats, written to descriptor 2, read back through a pipe) and taken by objects
+    of exactly that size: object() (16 bytes), a float (32), bytes of size - 33. They hold nothing
+    (zeros and numbers of the spawner's own) and stay referenced here for the spawner's life. Without
+    CPython's small-object allocator (PYTHONMALLOC=malloc), or if its report reads otherwise, nothing
+    is filled."""
+    read_end, write_end = os.pipe()
+    saved = os.dup(2)
+    try:
+        os.dup2(write_end, 2)
+        sys._debugmallocstats()  # about 4 KB, far below a pipe's buffer
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(write_end)
+    report = b""
+    while chunk := os.read(read_end, 1 << 16):
+        report += chunk
+    os.close(read_end)
+    for line in report.decode("ascii", "replace").splitlines():
+        fields = line.split()  # class, size, pools, blocks in use, available blocks
+        if len(fields) != 5 or not all(field.isdigit() for field in fields):
+            continue
+        size, available = int(fields[1]), int(fields[4])
+        if size == 16:
+            _POOL_FILLER.extend(object() for _ in range(available))
+        elif size == 32:
+            _POOL_FILLER.extend(i + 0.5 for i in range(available))
+        elif size >= 48:
+            _POOL_FILLER.extend(bytes(size - 33) for _ in range(available))
 
 
 def _candidate(rules: "_CandidateRules", request: bytes, fds: list[int]) -> None:
