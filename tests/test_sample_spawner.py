@@ -395,3 +395,36 @@ print("ok", scattered, packed)
 """
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.startswith("ok"), out.stderr + out.stdout
+
+
+# The candidate's channel is close-on-exec, as the pipes of the server's own forks are: a program
+# the sample executes does not inherit it. The test reports what the candidate found.
+INHERITABLE = {
+    "task_id": "t/fds",
+    "prompt": "def open_inheritable():\n",
+    "test": "def check(candidate):\n    assert candidate() == [], candidate()\n",
+    "entry_point": "open_inheritable",
+}
+FIND_INHERITABLE = indent("""
+import posix
+found = []
+for name in posix.listdir("/proc/self/fd"):
+    fd = int(name)
+    try:
+        if fd > 2 and posix.get_inheritable(fd):
+            found.append(fd)
+    except OSError:
+        pass
+return found
+""")
+
+
+@pytest.mark.parametrize("use_spawner", [True, False], ids=["spawner", "server"])
+def test_a_candidates_channel_is_not_inherited_by_what_it_executes(use_spawner):
+    strict = os.geteuid() == 0
+    server = SandboxServer(SandboxLimits(timeout=5.0), strict=strict, use_spawner=use_spawner)
+    try:
+        verdict = verdict_from_report(server.run(python_job(INHERITABLE, FIND_INHERITABLE, 5.0), 30.0))
+    finally:
+        server.close()
+    assert verdict["passed"], verdict["result"]
