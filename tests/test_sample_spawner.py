@@ -428,3 +428,23 @@ def test_a_candidates_channel_is_not_inherited_by_what_it_executes(use_spawner):
     finally:
         server.close()
     assert verdict["passed"], verdict["result"]
+
+
+# What the spawner is started with for its own sake (the shared hash seed, every symbol bound at
+# start-up) is not in the environment samples see and pass on.
+ENVIRONMENT = {
+    "task_id": "t/env",
+    "prompt": "def spawner_settings():\n",
+    "test": "def check(candidate):\n    assert candidate() == [], candidate()\n",
+    "entry_point": "spawner_settings",
+}
+
+
+def test_the_spawners_own_settings_are_not_in_the_samples_environment():
+    server = SandboxServer(SandboxLimits(timeout=5.0), strict=os.geteuid() == 0)
+    try:
+        completion = "    import os\n    return sorted({'LD_BIND_NOW', 'PYTHONHASHSEED'} & set(os.environ))\n"
+        verdict = verdict_from_report(server.run(python_job(ENVIRONMENT, completion, 5.0), 30.0))
+    finally:
+        server.close()
+    assert verdict["passed"], verdict["result"]

@@ -81,7 +81,9 @@ def main(sock_fd: int) -> None:
 
     sock = _socket.socket(fileno=sock_fd)
     config = marshal.loads(sock.recv(1 << 20))
-    os.environ.pop("PYTHONHASHSEED", None)  # applied at start-up; samples' environment stays the server's
+    # Both applied at start-up; samples' environment stays the server's.
+    os.environ.pop("PYTHONHASHSEED", None)
+    os.environ.pop("LD_BIND_NOW", None)
     # The server's import path (its site-packages and the package's parent), so candidates import what
     # they could when the server forked them. Started with -S, the spawner skips `site` (about 0.1 ms
     # of CPU a sample, measured): the path entries .pth files add are in this list; their import hooks
@@ -360,6 +362,11 @@ class Spawner(HelperProcess):
         # The server's flags (its environment, PYTHONHASHSEED included, is passed on) plus -S (below).
         argv = [sys.executable, "-s", "-P", "-S", "-B", os.path.abspath(__file__), str(theirs.fileno())]
         env = dict(os.environ, PYTHONHASHSEED=self.hash_seed) if self.hash_seed else dict(os.environ)
+        # Every library symbol bound once here, at start-up, instead of lazily by each candidate: the
+        # calls only candidates make (setsid, setuid, setrlimit, ...) had each been resolved by the
+        # dynamic linker in every candidate, its symbol tables and a GOT page copied (perf stat, 1,000
+        # samples: 18 fewer faults a candidate). The spawner removes it from what samples inherit.
+        env["LD_BIND_NOW"] = "1"
         pid = REAL.fork()
         if pid == 0:
             try:
