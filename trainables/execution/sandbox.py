@@ -313,7 +313,9 @@ def scramble_next_pid(iso: Isolation) -> None:
 class _RandomPool:
     """Draws from the kernel's random source, fetched 4 KiB at a time: one getrandom call per 512
     samples instead of one per sample (secrets.randbelow). A 64-bit draw reduced modulo a pid range
-    (below 2**22) is uniform to within 2**-42."""
+    (below 2**22) is uniform to within 2**-42. A candidate forked by the server itself (the fallback)
+    can read the draws left in the pool: they tell it the next samples' pids, which it cannot change,
+    so the counter still carries nothing from one sample to the next."""
 
     def __init__(self):
         self._buffer, self._next = b"", 0

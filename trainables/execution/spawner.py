@@ -16,7 +16,7 @@ What it keeps from the server's design:
   kills and reaps candidates exactly as before, and their orphans still come back to it.
 - **No sample text in the heap candidates inherit.** The candidate's source arrives on a memory
   file whose descriptor the spawner passes on unread; all the spawner reads is a small request
-  (the CPU limit and the entry point's name, which are the problem's, not the sample's).
+  (the CPU limit, the entry point's name and the source's size: nothing of the sample's text).
 - **The per-sample rules are the same**: new session, the sample directory, the sample's cgroups,
   only its channel descriptors, its CPU limit, its uid, a parent-death signal (outside a PID
   namespace: inside one, the server is its pid 1 and takes every candidate with it), and a check
@@ -173,7 +173,7 @@ def _fill_partly_used_pools() -> None:
     """Take every free block of the spawner's partly used allocator pools, so that what a candidate
     allocates lands packed in fresh pools instead of in free blocks scattered over the spawner's
     pages: each page a candidate writes is one it must copy (perf stat on the throughput bench:
-    17 fewer faults a program, about 4% of them; five paired rounds: 1.5% less CPU a program).
+    17 fewer faults a program, about 6% of them; six paired rounds: 1.6% less CPU a program).
 
     The free blocks of each size class are counted by CPython's allocator itself
     (sys._debugmallocstats, written to descriptor 2, read back through a pipe) and taken by objects
