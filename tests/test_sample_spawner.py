@@ -431,3 +431,19 @@ def test_the_spawners_own_settings_are_not_in_the_samples_environment():
     completion = "    import os\n    return sorted({'LD_BIND_NOW', 'PYTHONHASHSEED'} & set(os.environ))\n"
     [verdict] = verdicts_on_one_server(ENVIRONMENT, [completion])
     assert verdict["passed"], verdict["result"]
+
+
+# Values larger than one read of the channel (64 KiB) cross whole, both ways: an argument of about
+# 1 MB to the candidate and its reply of the same size back, beside small ones (one read each).
+ECHO = {
+    "task_id": "t/echo",
+    "prompt": "def echo(xs):\n",
+    "test": "def check(candidate):\n    assert candidate([1, 2]) == [1, 2]\n"
+            "    big = list(range(200000))\n    assert candidate(big) == big\n    assert candidate([]) == []\n",
+    "entry_point": "echo",
+}
+
+
+def test_values_larger_than_one_read_cross_the_channel_whole():
+    [verdict] = verdicts_on_one_server(ECHO, ["    return xs\n"])
+    assert verdict["passed"], verdict["result"]

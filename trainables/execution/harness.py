@@ -40,7 +40,10 @@ class NotPlainData(BaseException):
 
 
 def _write_all(fd: int, data: bytes, write=os.write) -> None:
-    view = memoryview(data)
+    written = write(fd, data)
+    if written == len(data):  # the usual case: one write
+        return
+    view = memoryview(data)[written:]
     while view:
         view = view[write(fd, view):]
 
@@ -64,6 +67,8 @@ def receive(fd: int, read=os.read) -> bytes | None:
     """One message. Calls and replies alternate, so a first read of up to 64 KiB never takes any of
     the next message: small messages cost one read."""
     data = read(fd, 1 << 16)
+    if len(data) > _LEN.size and len(data) == _LEN.size + _LEN.unpack_from(data)[0]:
+        return data[_LEN.size:]  # the usual case: one read holds the whole message
     if len(data) < _LEN.size:
         if not data:
             return None
