@@ -1329,14 +1329,12 @@ def sysv_ipc_in_use() -> bool:
 
     Three calls instead of reading /proc/sysvipc: SHM_INFO's `used_ids`, MSG_INFO's `msgpool` and
     SEM_INFO's `semusz` (the first, first and eighth int of what they fill) count what exists."""
-    counts = (ctypes.c_int * 32)()  # each call fills at most 128 bytes; a fresh zeroed buffer per call
-    if _libc.shmctl(0, _SHM_INFO, counts) < 0 or counts[0]:
-        return True
-    counts = (ctypes.c_int * 32)()
-    if _libc.msgctl(0, _MSG_INFO, counts) < 0 or counts[0]:
-        return True
-    counts = (ctypes.c_int * 32)()
-    return _libc.semctl(0, 0, _SEM_INFO, counts) < 0 or counts[7] != 0
+    for call, arguments, index in ((_libc.shmctl, (0, _SHM_INFO), 0), (_libc.msgctl, (0, _MSG_INFO), 0),
+                                   (_libc.semctl, (0, 0, _SEM_INFO), 7)):
+        counts = (ctypes.c_int * 32)()  # each call fills at most 128 bytes; a fresh zeroed buffer per call
+        if call(*arguments, counts) < 0 or counts[index]:
+            return True
+    return False
 
 
 def remove_sysv_ipc() -> int:
