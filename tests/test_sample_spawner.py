@@ -389,14 +389,19 @@ print("ok", scattered, packed)
     assert out.stdout.startswith("ok"), out.stderr + out.stdout
 
 
+def returns_nothing_found(entry_point: str) -> dict:
+    """A problem whose test passes when the candidate returns [] and otherwise reports what it found."""
+    return {
+        "task_id": f"t/{entry_point}",
+        "prompt": f"def {entry_point}():\n",
+        "test": "def check(candidate):\n    assert candidate() == [], candidate()\n",
+        "entry_point": entry_point,
+    }
+
+
 # The candidate's channel is close-on-exec, as the pipes of the server's own forks are: a program
 # the sample executes does not inherit it. The test reports what the candidate found.
-INHERITABLE = {
-    "task_id": "t/fds",
-    "prompt": "def open_inheritable():\n",
-    "test": "def check(candidate):\n    assert candidate() == [], candidate()\n",
-    "entry_point": "open_inheritable",
-}
+INHERITABLE = returns_nothing_found("open_inheritable")
 FIND_INHERITABLE = indent("""
 import posix
 found = []
@@ -419,12 +424,7 @@ def test_a_candidates_channel_is_not_inherited_by_what_it_executes(use_spawner):
 
 # What the spawner is started with for its own sake (the shared hash seed, every symbol bound at
 # start-up) is not in the environment samples see and pass on.
-ENVIRONMENT = {
-    "task_id": "t/env",
-    "prompt": "def spawner_settings():\n",
-    "test": "def check(candidate):\n    assert candidate() == [], candidate()\n",
-    "entry_point": "spawner_settings",
-}
+ENVIRONMENT = returns_nothing_found("spawner_settings")
 
 
 def test_the_spawners_own_settings_are_not_in_the_samples_environment():
